@@ -1,0 +1,77 @@
+"""Architectures by name: SD 2.1-base (loaded from a hub id or a folder) and ``tiny`` (same classes, random init).
+
+The tiny variant keeps every structural property the code relies on — 4 latent channels, an 8× VAE, cross-attention
+blocks with linear projections (as SD 2.x), a CLIP text encoder with a 77-token context — at channels ≤ 64, so a
+full training step runs on a CPU in well under a second.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+VAE_SCALING_FACTOR = 0.18215
+TINY = "tiny"
+
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=(4, 8),
+    norm_num_groups=16,
+    use_linear_projection=True,
+)
+
+TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(16, 32, 32, 32),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=64,
+    scaling_factor=VAE_SCALING_FACTOR,
+)
+
+TINY_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    projection_dim=32,
+    bos_token_id=512,  # ids of <|startoftext|> / <|endoftext|> in the tiny vocabulary below
+    eos_token_id=513,
+    pad_token_id=513,
+)
+
+
+def write_tiny_tokenizer(folder: str | Path) -> Path:
+    """Write a character-level CLIP BPE vocabulary (no merges) that ``CLIPTokenizer`` loads like the real one."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # GPT-2/CLIP byte-to-unicode table: every byte gets a printable character.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+def tiny_vocab_size() -> int:
+    return 2 * 256 + 2

@@ -1,0 +1,159 @@
+"""Loading SD 2.1-base components and OSEDiff's LoRA file, with errors a user can act on.
+
+``pretrained`` is a hub id (``stabilityai/stable-diffusion-2-1-base``), a local folder in the diffusers layout
+(``unet/ vae/ text_encoder/ tokenizer/``), or ``tiny`` (random-init models of the same classes, for tests and the
+quick start). Offline (``HF_HUB_OFFLINE=1``) a hub id is served from the Hugging Face cache or not at all.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ctsr.errors import ConfigError, MissingWeightsError
+from ctsr.models import configs
+from ctsr.models.lora import merge_and_remove_lora
+
+HF_CACHE_HINT = "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface)"
+
+
+@dataclass
+class SDComponents:
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: object
+
+
+def _tiny_components(seed: int = 0) -> SDComponents:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**configs.TINY_UNET)
+        vae = AutoencoderKL(**configs.TINY_VAE)
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=configs.tiny_vocab_size(), **configs.TINY_TEXT))
+    tok_dir = configs.write_tiny_tokenizer(Path(tempfile.gettempdir()) / "ctsr-tiny-tokenizer")
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    return SDComponents(unet, vae, text_encoder, tokenizer)
+
+
+def _where_to_put(source: str) -> str:
+    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
+        return f"the folder '{source}' (diffusers layout: unet/, vae/, text_encoder/, tokenizer/)"
+    return (
+        f"{HF_CACHE_HINT}: on a connected machine run `huggingface-cli download {source}` and copy the cache, "
+        f"or download it to a folder and set `pretrained: /that/folder`"
+    )
+
+
+def load_part(source: str, subfolder: str, loader, what: str, local_files_only: bool | None = None, **kwargs):
+    """``loader.from_pretrained(source, subfolder=…)`` with a :class:`MissingWeightsError` that names the part."""
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    local = Path(source).expanduser()
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local and not local.exists():
+        raise MissingWeightsError(f"{what}: the folder '{source}' does not exist. Put {_where_to_put(source)}.")
+    try:
+        return loader.from_pretrained(
+            str(local) if local.exists() else source,
+            subfolder=subfolder,
+            local_files_only=local_files_only,
+            **kwargs,
+        )
+    except (OSError, ValueError) as err:  # huggingface_hub's offline/not-found errors derive from OSError
+        raise MissingWeightsError(
+            f"{what}: could not load '{subfolder}' from '{source}' ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). Put it in {_where_to_put(source)}."
+        ) from None
+
+
+def load_sd_components(
+    pretrained: str = configs.SD21_BASE, local_files_only: bool | None = None, seed: int = 0
+) -> SDComponents:
+    """UNet, VAE, CLIP text encoder and tokenizer of SD 2.1-base (or the tiny variant)."""
+    if pretrained == configs.TINY:
+        return _tiny_components(seed)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    what = f"Stable Diffusion base model '{pretrained}'"
+    unet = load_part(pretrained, "unet", UNet2DConditionModel, what, local_files_only)
+    vae = load_part(pretrained, "vae", AutoencoderKL, what, local_files_only)
+    text_encoder = load_part(pretrained, "text_encoder", CLIPTextModel, what, local_files_only)
+    tokenizer = load_part(pretrained, "tokenizer", CLIPTokenizer, what, local_files_only)
+    return SDComponents(unet, vae, text_encoder, tokenizer)
+
+
+OSEDIFF_KEYS = ("rank_unet", "rank_vae", "state_dict_unet", "state_dict_vae")
+
+
+def read_osediff_file(path: str | Path) -> dict:
+    """Read OSEDiff's released ``.pkl`` safely (``weights_only=True``: tensors, lists, ints, strings only)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"OSEDiff LoRA file '{path}' not found. Download osediff.pkl from the OSEDiff release "
+            f"(github.com/cswry/OSEDiff, folder preset/models/) and put it at that path, or set `osediff_lora: null`."
+        )
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors vary by cause (truncated, foreign objects, not a pickle)
+        raise MissingWeightsError(
+            f"OSEDiff LoRA file '{path}' could not be read safely ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). Is it the released osediff.pkl, downloaded completely?"
+        ) from None
+    missing = [k for k in OSEDIFF_KEYS if not isinstance(sd, dict) or k not in sd]
+    if missing:
+        raise ConfigError(f"osediff_lora: '{path}' is not an OSEDiff LoRA file (missing keys {missing})")
+    return sd
+
+
+def _osediff_groups(sd: dict, prefix: str) -> dict[str, list[str]]:
+    """Adapter name → target module list, as OSEDiff saved them (``unet_lora_encoder_modules`` → ``default_encoder``)."""
+    groups = {}
+    for key, value in sd.items():
+        if key.startswith(prefix) and key.endswith("_modules"):
+            part = key[len(prefix) : -len("_modules")]
+            groups[f"default_{part}"] = list(value)
+    return groups
+
+
+def _apply_lora_state(model: nn.Module, groups: dict, rank: int, state: dict, what: str) -> None:
+    from peft import LoraConfig
+
+    for name, targets in groups.items():
+        model.add_adapter(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=targets), adapter_name=name)
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise ConfigError(
+            f"osediff_lora: {len(unknown)} {what} weights do not match this base model, e.g. '{unknown[0]}'. "
+            f"Is `pretrained` SD 2.1-base?"
+        )
+    lora_keys = [k for k in own if "lora_" in k]
+    absent = [k for k in lora_keys if k not in state]
+    if absent:
+        raise ConfigError(f"osediff_lora: {what} LoRA weight '{absent[0]}' is missing from the file")
+    model.load_state_dict(state, strict=False)
+    model.set_adapter(list(groups))
+    merge_and_remove_lora(model)
+
+
+def load_osediff_lora(unet: nn.Module, vae: nn.Module, path: str | Path) -> None:
+    """Merge OSEDiff's LoRA (and its ``conv_in``) into ``unet`` and ``vae`` in place."""
+    sd = read_osediff_file(path)
+    unet_groups = _osediff_groups(sd, "unet_lora_")
+    vae_groups = _osediff_groups(sd, "vae_lora_")
+    if not unet_groups:
+        raise ConfigError(f"osediff_lora: '{path}' names no UNet target modules (unet_lora_*_modules)")
+    _apply_lora_state(unet, unet_groups, int(sd["rank_unet"]), sd["state_dict_unet"], "UNet")
+    if vae_groups:
+        _apply_lora_state(vae, vae_groups, int(sd["rank_vae"]), sd["state_dict_vae"], "VAE")

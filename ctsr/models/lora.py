@@ -1,0 +1,51 @@
+"""LoRA through peft: the target lists of OSEDiff, adding adapters, and merging them into the base weights."""
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+# OSEDiff's UNet targets (DESIGN §3); peft matches each as a suffix of the module name.
+UNET_TARGETS = [
+    "to_q", "to_k", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut", "conv_out",
+    "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+]
+# VAE encoder only (the decoder stays frozen), plus quant_conv that maps the encoder output to the moments.
+VAE_ENCODER_TARGETS = (
+    r"^(encoder\..*(conv|conv1|conv2|conv_in|conv_out|conv_shortcut|to_q|to_k|to_v|to_out\.0)|quant_conv)$"
+)
+
+
+def add_lora(model: nn.Module, rank: int, targets, adapter_name: str = "default", alpha: float | None = None) -> None:
+    """Add a fresh LoRA adapter (Gaussian A, zero B: the model's output is unchanged at init) and make it active."""
+    config = LoraConfig(
+        r=rank, lora_alpha=rank if alpha is None else alpha, init_lora_weights="gaussian", target_modules=targets
+    )
+    model.add_adapter(config, adapter_name=adapter_name)
+    model.set_adapter(adapter_name)
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+@torch.no_grad()
+def merge_and_remove_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter of ``model`` into its base weights and put the plain layers back.
+
+    After this the model is an ordinary diffusers module again (no peft wrappers, no adapter config), and its
+    forward pass equals the forward pass with all adapters active.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            adapters = [a for a in module.lora_A.keys()] if hasattr(module, "lora_A") else None
+            module.merge(adapter_names=adapters)
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    if hasattr(model, "_hf_peft_config_loaded"):
+        model._hf_peft_config_loaded = False
+    return model
