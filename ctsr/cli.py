@@ -1,0 +1,71 @@
+"""``ctsr``: the LightningCLI (fit / validate / test / predict), plus the user tools (upscale, export, bench).
+
+The model and the data module are chosen by ``class_path`` in the YAML (``experiments/*.yaml``). Every run lives
+in one folder, ``<save_dir>/<name>`` of its TensorBoard logger: event files, ``checkpoints/``, the resolved
+``config.yaml`` and, after evaluation, the metric tables.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ctsr.errors import CTSRError
+
+TOOLS: dict[str, tuple[str, str]] = {}  # name → (module with main(argv), one-line help)
+
+
+def _lightning_cli(args: list[str] | None = None):
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    class CTSRCLI(LightningCLI):
+        def before_fit(self) -> None:
+            ckpt = self.config_init[self.subcommand].get("ckpt_path")
+            logger = self.trainer.logger
+            if logger is None or ckpt is not None:
+                return
+            ckpt_dir = Path(logger.log_dir) / "checkpoints"
+            if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+                raise CTSRError(
+                    f"the run folder '{logger.log_dir}' already holds checkpoints. Resume it with "
+                    f"`--ckpt_path last`, or start a new run with `--trainer.logger.init_args.name NEW_NAME`."
+                )
+
+    return CTSRCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+        parser_kwargs={"description": "CTSR: controllable fidelity-realness trade-off distillation for x4 SR."
+                       + "".join(f"\n  ctsr {k}: {v[1]}" for k, v in TOOLS.items())},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] in TOOLS:
+            import importlib
+
+            return int(importlib.import_module(TOOLS[args[0]][0]).main(args[1:]) or 0)
+        _lightning_cli(argv)
+        return 0
+    except CTSRError as err:
+        print(f"ctsr: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
+        cause = err
+        while cause is not None and not isinstance(cause, CTSRError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or os.environ.get("CTSR_TRACEBACK"):
+            raise
+        print(f"ctsr: error: {cause}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The one LightningDataModule both stages share: HR crops on the loader workers, degradation on the device.
+
+Training batches arrive as ``{"hr"}``; ``on_after_batch_transfer`` adds ``"lr"`` by running the degradation model
+on the batch's device with a ``torch.Generator`` of its own. Validation/test batches either carry real ``"lr"``
+(paired folders) or are degraded with a fixed seed per image, so every run and every batch size sees the same LR.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from ctsr.data.datasets import HRTrainDataset, HRValDataset, PairedDataset, collect_files
+from ctsr.data.images import list_images
+from ctsr.errors import DataError, check
+
+
+class BicubicDegradation(nn.Module):
+    """Bicubic ×1/4 (antialiased): the simplest LR, for smoke runs and as a reference point."""
+
+    def forward(self, hr: Tensor, generator: torch.Generator | None = None, seeds=None) -> Tensor:
+        lr = F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False)
+        return (lr.clamp(0, 1) * 255).round() / 255
+
+
+class SRDataModule(L.LightningDataModule):
+    """HR folders → (LR, HR) batches.
+
+    Args:
+        train_dirs: folders of HR images (searched recursively), merged.
+        train_meta: meta-info list files (one path per line, relative to the list), merged with ``train_dirs``.
+        val_dirs: HR-only folders for validation (degraded with a fixed seed per image).
+        val_pairs: paired folders ``[[lr_dir, hr_dir], …]`` for validation (real LR, no degradation).
+        test_dirs / test_pairs: the same for ``ctsr test``.
+        crop_size: HR training crop (the LR is crop_size/4); must be a multiple of 32.
+        val_crop_size: HR centre crop of validation/test images (None: whole images, use batch 1).
+        small_images: training images smaller than the crop are ``pad``-ded (reflect) or ``skip``-ped.
+        flip / rotate: training augmentation.
+        degradation: the LR model run on the device; None = the Real-ESRGAN second-order model.
+        batch_size / val_batch_size / num_workers: loader settings.
+        seed: seed of the training degradation's generator (offset by the rank under DDP).
+    """
+
+    def __init__(
+        self,
+        train_dirs: list[str] | None = None,
+        train_meta: list[str] | None = None,
+        val_dirs: list[str] | None = None,
+        val_pairs: list[list[str]] | None = None,
+        test_dirs: list[str] | None = None,
+        test_pairs: list[list[str]] | None = None,
+        crop_size: int = 512,
+        val_crop_size: int | None = 512,
+        small_images: Literal["pad", "skip"] = "pad",
+        flip: bool = True,
+        rotate: bool = False,
+        degradation: nn.Module | None = None,
+        batch_size: int = 1,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check(crop_size > 0 and crop_size % 32 == 0, "data.crop_size", f"must be a positive multiple of 32, got {crop_size}")
+        check(val_crop_size is None or (val_crop_size > 0 and val_crop_size % 32 == 0), "data.val_crop_size",
+              f"must be a positive multiple of 32 or null, got {val_crop_size}")
+        check(small_images in ("pad", "skip"), "data.small_images", f"must be pad or skip, got {small_images!r}")
+        check(batch_size >= 1 and val_batch_size >= 1, "data.batch_size", "must be ≥ 1")
+        for pair in (val_pairs or []) + (test_pairs or []):
+            check(len(pair) == 2, "data.val_pairs/test_pairs", f"each entry is [lr_dir, hr_dir], got {pair}")
+        self.train_dirs, self.train_meta = list(train_dirs or []), list(train_meta or [])
+        self.val_dirs, self.val_pairs = list(val_dirs or []), [list(p) for p in (val_pairs or [])]
+        self.test_dirs, self.test_pairs = list(test_dirs or []), [list(p) for p in (test_pairs or [])]
+        self.crop_size, self.val_crop_size = crop_size, val_crop_size
+        self.small_images, self.flip, self.rotate = small_images, flip, rotate
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.seed = seed
+        self.degradation = degradation if degradation is not None else default_degradation()
+        self.skipped: dict[str, str] = {}  # path → reason, for every training file passed over
+        self._generator: torch.Generator | None = None
+        self._resume_generator_state: Tensor | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    # -- datasets ----------------------------------------------------------------------------------------------
+    def _eval_set(self, dirs: list[str], pairs: list[list[str]], flag: str):
+        sets = []
+        for d in dirs:
+            if not Path(d).is_dir() or not list_images(d):
+                raise DataError(f"data.{flag}_dirs: folder '{d}' is missing or holds no images")
+            sets.append(HRValDataset(list_images(d), self.val_crop_size))
+        sets += [PairedDataset(lr, hr, self.val_crop_size) for lr, hr in pairs]
+        return ConcatDataset(sets) if sets else None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_set is None:
+            files = collect_files(self.train_dirs, self.train_meta, "data.train_dirs/train_meta")
+            self.train_set = HRTrainDataset(files, self.crop_size, self.flip, self.rotate, self.small_images)
+        if stage in ("fit", "validate") and self.val_set is None:
+            self.val_set = self._eval_set(self.val_dirs, self.val_pairs, "val")
+            if stage == "validate" and self.val_set is None:
+                raise DataError("validate: no validation data (set data.val_dirs or data.val_pairs)")
+        if stage in ("test", "predict") and self.test_set is None:
+            self.test_set = self._eval_set(self.test_dirs, self.test_pairs, "test")
+            if self.test_set is None:
+                raise DataError(f"{stage}: no test data (set data.test_dirs or data.test_pairs)")
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, drop_last=shuffle,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, self.val_batch_size, False) if self.val_set is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.val_batch_size, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    # -- degradation on the device -------------------------------------------------------------------------------
+    def _train_generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._generator = torch.Generator(device=device).manual_seed(self.seed + 1000003 * rank)
+            if self._resume_generator_state is not None:  # continue the same stream of degradations on resume
+                self._generator.set_state(self._resume_generator_state)
+                self._resume_generator_state = None
+        return self._generator
+
+    def _note_skipped(self, batch: dict) -> None:
+        for entry in batch.pop("skipped", []) or []:
+            for line in filter(None, entry.split("\n")):
+                path, _, reason = line.partition("\t")
+                if path not in self.skipped:
+                    self.skipped[path] = reason
+                    rank_zero_warn(f"skipped training image {path}: {reason} ({len(self.skipped)} skipped so far)")
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if not isinstance(batch, dict) or "hr" not in batch:
+            return batch
+        self._note_skipped(batch)
+        if "lr" not in batch:
+            self.degradation.to(batch["hr"].device)
+            training = self.trainer is not None and self.trainer.training
+            with torch.no_grad():
+                if training:
+                    batch["lr"] = self.degradation(batch["hr"], generator=self._train_generator(batch["hr"].device))
+                else:  # fixed per-image seeds: the same LR whatever the batch size or run
+                    batch["lr"] = self.degradation(batch["hr"], seeds=batch["seed"])
+        return batch
+
+    def state_dict(self) -> dict:
+        gen = self._generator.get_state() if self._generator is not None else None
+        return {"skipped": dict(self.skipped), "generator_state": gen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = dict(state.get("skipped", {}))
+        self._resume_generator_state = state.get("generator_state")
+
+
+def default_degradation() -> nn.Module:
+    """The Real-ESRGAN second-order model once it exists; bicubic until then (a placeholder, see README)."""
+    try:
+        from ctsr.data.degradations import RealESRGANDegradation
+    except ImportError:
+        return BicubicDegradation()
+    return RealESRGANDegradation()

@@ -1,0 +1,207 @@
+"""Datasets: HR folders / meta-info lists for training, HR-only or paired LR–HR folders for validation and test.
+
+Every item is a dict of tensors (and strings) that ``default_collate`` batches:
+``hr`` (3,H,W) in [0,1]; ``lr`` (3,H/4,W/4) for paired sets; ``seed`` (int64) a fixed per-image seed for the
+validation degradation; ``path``; ``skipped`` the paths (``\\n``-joined) of unreadable files passed over to make
+this item, so the data module can count and log them from the main process.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, read_image
+from ctsr.errors import DataError
+
+MAX_CONSECUTIVE_SKIPS = 50
+
+
+def path_seed(path: str | Path) -> int:
+    """A stable 63-bit seed from a file name: the same image gets the same degradation in every run."""
+    return int.from_bytes(hashlib.sha256(Path(path).name.encode()).digest()[:8], "little") >> 1
+
+
+def read_meta_file(meta: str | Path) -> list[Path]:
+    """A meta-info list: one image path per line (relative to the list's folder, or absolute); ``#`` comments.
+    BasicSR's ``path (h,w,c)`` lines work too: only the first field is read."""
+    meta = Path(meta)
+    if not meta.is_file():
+        raise DataError(f"meta-info list '{meta}' does not exist")
+    files = []
+    for line in meta.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            p = Path(line.split()[0])
+            files.append(p if p.is_absolute() else meta.parent / p)
+    return files
+
+
+def collect_files(folders: list[str], meta_files: list[str], flag: str) -> list[Path]:
+    """All images of several folders and meta lists, merged (as the paper merges DIV2K, LSDIR, …)."""
+    files: list[Path] = []
+    for folder in folders:
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise DataError(f"{flag}: folder '{folder}' does not exist")
+        found = list_images(root)
+        if not found:
+            raise DataError(f"{flag}: folder '{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        files += found
+    for meta in meta_files:
+        listed = read_meta_file(meta)
+        if not listed:
+            raise DataError(f"{flag}: meta-info list '{meta}' lists no files")
+        files += listed
+    if not files:
+        raise DataError(f"{flag}: no training images given (set train_dirs or train_meta)")
+    return files
+
+
+def fit_to_crop(img: Tensor, size: int) -> Tensor:
+    """Reflect-pad (or replicate where reflection is too short) an image smaller than ``size`` on either side."""
+    _, h, w = img.shape
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph == 0 and pw == 0:
+        return img
+    pad = (0, pw, 0, ph)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(img[None], pad, mode=mode)[0]
+
+
+class HRTrainDataset(Dataset):
+    """Random ``crop_size`` crops of HR images with random flips (and 90° rotations if asked).
+
+    Args:
+        files: image paths. small_images: ``pad`` (reflect-pad to the crop) or ``skip``.
+        on_error: called with (path, reason) for every file passed over (unreadable, or too small with ``skip``).
+    """
+
+    def __init__(
+        self,
+        files: list[Path],
+        crop_size: int = 512,
+        flip: bool = True,
+        rotate: bool = False,
+        small_images: Literal["pad", "skip"] = "pad",
+    ) -> None:
+        self.files = list(files)
+        self.crop_size = crop_size
+        self.flip, self.rotate = flip, rotate
+        self.small_images = small_images
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, path: Path) -> Tensor:
+        img = read_image(path)
+        if min(img.shape[-2:]) < self.crop_size:
+            if self.small_images == "skip":
+                raise UnreadableImage(path, f"smaller than the crop ({tuple(img.shape[-2:])} < {self.crop_size})")
+            img = fit_to_crop(img, self.crop_size)
+        return img
+
+    def __getitem__(self, index: int) -> dict:
+        skipped = []
+        for attempt in range(MAX_CONSECUTIVE_SKIPS):
+            path = self.files[(index + attempt * 7919) % len(self.files)]  # step by a prime: spread the retries
+            try:
+                img = self._load(path)
+                break
+            except UnreadableImage as err:
+                skipped.append(f"{err.path}\t{err.reason}")
+        else:
+            raise DataError(
+                f"{MAX_CONSECUTIVE_SKIPS} images in a row could not be used, e.g. {skipped[-1]}; check the data set"
+            )
+        s = self.crop_size
+        top = random.randint(0, img.shape[1] - s)
+        left = random.randint(0, img.shape[2] - s)
+        img = img[:, top : top + s, left : left + s]
+        if self.flip and random.random() < 0.5:
+            img = img.flip(-1)
+        if self.rotate and random.random() < 0.5:
+            img = img.transpose(-1, -2)
+        return {"hr": img.contiguous(), "path": str(path), "skipped": "\n".join(skipped)}
+
+
+def center_box(h: int, w: int, size: int | None, multiple: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a centre crop to ``size`` (None: whole image), sides a multiple of
+    ``multiple`` (the 8× VAE under a ×4 output needs HR sides divisible by 32, LR sides by 8)."""
+    th, tw = (h, w) if size is None else (min(size, h), min(size, w))
+    th, tw = th - th % multiple, tw - tw % multiple
+    return (h - th) // 2, (w - tw) // 2, th, tw
+
+
+def center_crop(img: Tensor, size: int | None, multiple: int = 32) -> Tensor:
+    top, left, th, tw = center_box(img.shape[1], img.shape[2], size, multiple)
+    return img[:, top : top + th, left : left + tw]
+
+
+class HRValDataset(Dataset):
+    """HR-only validation images (degraded on the device with a fixed per-image seed)."""
+
+    def __init__(self, files: list[Path], crop_size: int | None = 512) -> None:
+        self.files = list(files)
+        self.crop_size = crop_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.files[index]
+        try:
+            img = read_image(path)
+        except UnreadableImage as err:
+            raise DataError(f"validation image unreadable: {err}") from None
+        if self.crop_size is not None and min(img.shape[-2:]) < self.crop_size:
+            img = fit_to_crop(img, self.crop_size)
+        return {"hr": center_crop(img, self.crop_size, 32), "seed": path_seed(path), "path": str(path)}
+
+
+_PAIR_SUFFIX = re.compile(r"([_\-.]?(hr|lr|gt|x4|lr4|lrx4))+$", re.IGNORECASE)
+
+
+def pair_key(path: Path) -> str:
+    """Stem without LR/HR markers: ``Canon_001_LR4`` and ``Canon_001_HR`` → ``canon_001``."""
+    return _PAIR_SUFFIX.sub("", path.stem).lower()
+
+
+class PairedDataset(Dataset):
+    """Real LR–HR pairs (RealSR, DRealSR, StableSR test sets): matched by file stem, LR must be exactly ×4 smaller."""
+
+    def __init__(self, lr_dir: str, hr_dir: str, crop_size: int | None = None) -> None:
+        lr_files = {pair_key(p): p for p in list_images(lr_dir)} if Path(lr_dir).is_dir() else {}
+        hr_files = {pair_key(p): p for p in list_images(hr_dir)} if Path(hr_dir).is_dir() else {}
+        for d, found in ((lr_dir, lr_files), (hr_dir, hr_files)):
+            if not found:
+                raise DataError(f"paired set: folder '{d}' is missing or holds no images")
+        keys = sorted(set(lr_files) & set(hr_files))
+        if not keys:
+            raise DataError(f"paired set: no file names of '{lr_dir}' match those of '{hr_dir}'")
+        self.pairs = [(lr_files[k], hr_files[k]) for k in keys]
+        self.unmatched = sorted(set(lr_files) ^ set(hr_files))
+        self.crop_size = crop_size
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        lr_path, hr_path = self.pairs[index]
+        try:
+            lr, hr = read_image(lr_path), read_image(hr_path)
+        except UnreadableImage as err:
+            raise DataError(f"test image unreadable: {err}") from None
+        if (hr.shape[1], hr.shape[2]) != (lr.shape[1] * 4, lr.shape[2] * 4):
+            raise DataError(f"'{lr_path}' {tuple(lr.shape[1:])} is not ×4 smaller than '{hr_path}' {tuple(hr.shape[1:])}")
+        top, left, th, tw = center_box(lr.shape[1], lr.shape[2], None if self.crop_size is None else self.crop_size // 4, 8)
+        lr = lr[:, top : top + th, left : left + tw]
+        hr = hr[:, 4 * top : 4 * (top + th), 4 * left : 4 * (left + tw)]  # the same region, ×4
+        return {"lr": lr, "hr": hr, "seed": path_seed(hr_path), "path": str(hr_path)}

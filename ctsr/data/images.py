@@ -1,0 +1,77 @@
+"""Reading and writing images robustly: any mode PIL knows → RGB float (3,H,W) in [0,1].
+
+Handles EXIF orientation, grayscale, RGBA/LA (composited on white), palette and 16-bit images. A file that cannot be
+decoded raises :class:`UnreadableImage` with the path and the reason; callers decide whether to skip it.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch import Tensor
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class UnreadableImage(Exception):
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files below ``root`` (recursive), sorted, by extension (case-insensitive)."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """PIL image of any mode → float32 (H,W,3) in [0,1]."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / peak, 0, 1)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return arr
+
+
+def read_image(path: str | Path) -> Tensor:
+    """(3,H,W) float32 in [0,1], upright (EXIF orientation applied). Raises :class:`UnreadableImage`."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            previous = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    img = ImageOps.exif_transpose(img)
+                    arr = _to_rgb_array(img)
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise UnreadableImage(path, f"{type(err).__name__}: {err}") from None
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise UnreadableImage(path, "empty image")
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def write_image(x: Tensor, path: str | Path, **save_kwargs) -> None:
+    """Save (3,H,W) in [0,1] as 8-bit; the format follows the extension."""
+    arr = (x.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **save_kwargs)
