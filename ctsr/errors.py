@@ -22,3 +22,9 @@ def check(condition: bool, flag: str, message: str) -> None:
     """Raise :class:`ConfigError` naming ``flag`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{flag}: {message}")
+
+
+def describe(err: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` of a library's exception, for wrapping it in a user-facing error."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__

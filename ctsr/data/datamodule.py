@@ -152,12 +152,11 @@ class SRDataModule(L.LightningDataModule):
         self._note_skipped(batch)
         if "lr" not in batch:
             self.degradation.to(batch["hr"].device)
-            training = self.trainer is not None and self.trainer.training
             with torch.no_grad():
-                if training:
-                    batch["lr"] = self.degradation(batch["hr"], generator=self._train_generator(batch["hr"].device))
-                else:  # fixed per-image seeds: the same LR whatever the batch size or run
+                if "seed" in batch:  # evaluation: fixed per-image seeds, the same LR whatever the batch size or run
                     batch["lr"] = self.degradation(batch["hr"], seeds=batch["seed"])
+                else:
+                    batch["lr"] = self.degradation(batch["hr"], generator=self._train_generator(batch["hr"].device))
         return batch
 
     def state_dict(self) -> dict:

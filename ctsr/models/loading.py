@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ctsr.errors import ConfigError, MissingWeightsError
+from ctsr.errors import ConfigError, MissingWeightsError, describe
 from ctsr.models import configs
 from ctsr.models.lora import merge_and_remove_lora
 
@@ -70,8 +70,7 @@ def load_part(source: str, subfolder: str, loader, what: str, local_files_only: 
         )
     except (OSError, ValueError) as err:  # huggingface_hub's offline/not-found errors derive from OSError
         raise MissingWeightsError(
-            f"{what}: could not load '{subfolder}' from '{source}' ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}). Put it in {_where_to_put(source)}."
+            f"{what}: could not load '{subfolder}' from '{source}' ({describe(err)}). Put it in {_where_to_put(source)}."
         ) from None
 
 
@@ -107,8 +106,7 @@ def read_osediff_file(path: str | Path) -> dict:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors vary by cause (truncated, foreign objects, not a pickle)
         raise MissingWeightsError(
-            f"OSEDiff LoRA file '{path}' could not be read safely ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}). Is it the released osediff.pkl, downloaded completely?"
+            f"OSEDiff LoRA file '{path}' could not be read safely ({describe(err)}). Is it the released osediff.pkl, downloaded completely?"
         ) from None
     missing = [k for k in OSEDIFF_KEYS if not isinstance(sd, dict) or k not in sd]
     if missing:

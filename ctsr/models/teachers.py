@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctsr.diffusion.schedule import NoiseSchedule
-from ctsr.errors import ConfigError, MissingWeightsError, check
+from ctsr.errors import ConfigError, MissingWeightsError, describe, check
 from ctsr.models import configs
 from ctsr.models.lora import merge_and_remove_lora
 
@@ -127,7 +127,7 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
         desc = spandrel.ModelLoader().load_from_file(str(path))
     except Exception as err:  # spandrel raises several types for unknown or broken files
         raise ConfigError(
-            f"sr_model: spandrel cannot load '{spec}' ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"sr_model: spandrel cannot load '{spec}' ({describe(err)})"
         ) from None
     if not isinstance(desc, spandrel.ImageModelDescriptor):
         raise ConfigError(f"sr_model: '{spec}' is not an image-to-image model")

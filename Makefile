@@ -1,0 +1,46 @@
+# ctsr — `make help` lists the targets. The first target that needs the environment installs it (.venv).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CTSR   := $(BIN)/ctsr
+# Tiny runs, tests and the quick start never touch the network.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PORT   ?= 6006
+RUNS   ?= runs
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow test-all quickstart samples tensorboard clean
+
+help: ## list the targets with one line each
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): setup.py setup.cfg
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch first, pinned: the CPU/CUDA build on this machine's disk (a bare `torch` may pull a multi-GB build)
+	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv (python3.11) and install ctsr with its dependencies (once)
+
+test: $(STAMP) ## run the test suite (CPU, tiny models, offline; slow and GPU tests excluded)
+	$(OFFLINE) $(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-slow: $(STAMP) ## run the slow CPU tests too
+	$(OFFLINE) $(BIN)/python -m pytest -m "not gpu" -q
+
+samples: $(STAMP) ## write the bundled sample photos to data/samples
+	$(BIN)/python data/make_samples.py
+
+quickstart: $(STAMP) samples ## train stage 1 on tiny models and the sample photos (CPU, ~1 min)
+	rm -rf $(RUNS)/quickstart-stage1
+	$(OFFLINE) $(CTSR) fit --config experiments/quickstart.yaml
+	@echo "Run folder: $(RUNS)/quickstart-stage1 — open it with: make tensorboard"
+
+tensorboard: $(STAMP) ## serve the runs folder on 127.0.0.1 (PORT=6006 by default), local only
+	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1 --port $(PORT)
+
+clean: ## remove the runs and caches (keeps .venv)
+	rm -rf $(RUNS) .pytest_cache

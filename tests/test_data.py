@@ -1,0 +1,113 @@
+"""Image reading and the data module: bad data never stops a run and never goes unnoticed."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ctsr.data.datamodule import BicubicDegradation, SRDataModule
+from ctsr.data.datasets import HRTrainDataset, PairedDataset, pair_key
+from ctsr.data.images import UnreadableImage, list_images, read_image
+from ctsr.errors import ConfigError, DataError
+
+
+def _rgb(h=40, w=60, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_modes_become_rgb_in_unit_range(tmp_path):
+    arr = _rgb()
+    Image.fromarray(arr).convert("L").save(tmp_path / "gray.png")
+    Image.fromarray(arr).convert("P").save(tmp_path / "palette.png")
+    rgba = np.dstack([arr, np.full(arr.shape[:2], 0, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(arr[..., 0].astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # 16-bit gray
+    for name in ("gray", "palette", "rgba", "sixteen"):
+        x = read_image(tmp_path / f"{name}.png")
+        assert x.shape == (3, 40, 60) and x.dtype == torch.float32, name
+        assert 0 <= x.min() and x.max() <= 1, name
+    assert torch.allclose(read_image(tmp_path / "rgba.png"), torch.ones(3, 40, 60))  # transparent → white
+    sixteen = read_image(tmp_path / "sixteen.png")
+    assert torch.allclose(sixteen[0], torch.from_numpy(arr[..., 0] / 255.0).float(), atol=1e-4)
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    img = Image.fromarray(_rgb(20, 50))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° CW on display
+    img.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    assert read_image(tmp_path / "rot.jpg").shape == (3, 50, 20)
+
+
+def test_broken_files_raise_unreadable(tmp_path):
+    Image.fromarray(_rgb(64, 64)).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for name in ("truncated.png", "text.png", "empty.jpg"):
+        with pytest.raises(UnreadableImage, match=name):
+            read_image(tmp_path / name)
+
+
+def test_training_set_skips_bad_files_and_reports_them(tmp_path):
+    Image.fromarray(_rgb(80, 80)).save(tmp_path / "a_good.png")
+    (tmp_path / "b_bad.png").write_text("garbage")
+    Image.fromarray(_rgb(20, 20)).save(tmp_path / "c_small.png")
+    files = list_images(tmp_path)
+    pad = HRTrainDataset(files, crop_size=32, small_images="pad")
+    items = [pad[i] for i in range(3)]
+    assert all(it["hr"].shape == (3, 32, 32) for it in items)
+    assert "b_bad.png" in items[1]["skipped"] and items[1]["path"] != str(tmp_path / "b_bad.png")
+    skip = HRTrainDataset(files, crop_size=32, small_images="skip")
+    assert "smaller than the crop" in skip[2]["skipped"]
+
+
+def test_all_bad_is_a_clear_error_not_a_hang(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_text("x")
+    with pytest.raises(DataError, match="in a row"):
+        HRTrainDataset(list_images(tmp_path), crop_size=32)[0]
+
+
+def test_missing_or_empty_folders_fail_at_setup(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="does not exist"):
+        SRDataModule(train_dirs=[str(tmp_path / "nope")], crop_size=32).setup("fit")
+    with pytest.raises(DataError, match="holds no images"):
+        SRDataModule(train_dirs=[str(tmp_path / "empty")], crop_size=32).setup("fit")
+    with pytest.raises(ConfigError, match="crop_size"):
+        SRDataModule(train_dirs=[str(tmp_path)], crop_size=30)
+
+
+def test_meta_lists_merge_with_folders(tmp_path, sample_dir):
+    meta = tmp_path / "meta.txt"
+    meta.write_text(f"# a comment\n{sample_dir / 'val' / 'motorcycle_left.png'} (500,741,3)\n")
+    dm = SRDataModule(train_dirs=[str(sample_dir / "train")], train_meta=[str(meta)], crop_size=64)
+    dm.setup("fit")
+    assert len(dm.train_set) == 5
+
+
+def test_pairing_by_name(tmp_path):
+    assert pair_key(tmp_path / "Canon_001_LR4.png") == pair_key(tmp_path / "Canon_001_HR.png") == "canon_001"
+    (tmp_path / "lr").mkdir(), (tmp_path / "hr").mkdir()
+    Image.fromarray(_rgb(17, 19)).save(tmp_path / "lr" / "x_LR4.png")
+    Image.fromarray(_rgb(68, 76)).save(tmp_path / "hr" / "x_HR.png")
+    item = PairedDataset(str(tmp_path / "lr"), str(tmp_path / "hr"))[0]
+    assert item["lr"].shape == (3, 16, 16) and item["hr"].shape == (3, 64, 64)
+    full_hr = read_image(tmp_path / "hr" / "x_HR.png")
+    assert torch.equal(item["hr"], full_hr[:, 0:64, 4:68])  # the same region as the LR crop (rows 0-16, cols 1-17)
+
+
+def test_datamodule_degrades_on_transfer_and_validation_is_fixed(sample_dir):
+    dm = SRDataModule(
+        train_dirs=[str(sample_dir / "train")], val_dirs=[str(sample_dir / "val")], crop_size=64,
+        val_crop_size=64, batch_size=2, num_workers=0, degradation=BicubicDegradation(),
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(batch, 0)
+    assert batch["hr"].shape == (2, 3, 64, 64) and batch["lr"].shape == (2, 3, 16, 16)
+    assert torch.equal(batch["lr"], (batch["lr"] * 255).round() / 255)  # 8-bit like a saved image
+    v1 = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    v2 = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    assert torch.equal(v1["lr"], v2["lr"]) and v1["seed"].dtype == torch.int64
