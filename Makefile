@@ -34,10 +34,12 @@ test-slow: $(STAMP) ## run the slow CPU tests too
 samples: $(STAMP) ## write the bundled sample photos to data/samples
 	$(BIN)/python data/make_samples.py
 
-quickstart: $(STAMP) samples ## train stage 1 on tiny models and the sample photos (CPU, ~1 min)
-	rm -rf $(RUNS)/quickstart-stage1
+quickstart: $(STAMP) samples ## stage 1 then stage 2 on tiny models and the sample photos (CPU, a few minutes)
+	rm -rf $(RUNS)/quickstart-stage1 $(RUNS)/quickstart-stage2
 	$(OFFLINE) $(CTSR) fit --config experiments/quickstart.yaml
-	@echo "Run folder: $(RUNS)/quickstart-stage1 — open it with: make tensorboard"
+	$(OFFLINE) $(CTSR) fit --config experiments/quickstart_stage2.yaml
+	$(OFFLINE) $(CTSR) export $(RUNS)/quickstart-stage2/checkpoints/last.ckpt $(RUNS)/quickstart-stage2/ctsr.safetensors
+	@echo "Runs: $(RUNS)/quickstart-stage1, $(RUNS)/quickstart-stage2 — open them with: make tensorboard"
 
 tensorboard: $(STAMP) ## serve the runs folder on 127.0.0.1 (PORT=6006 by default), local only
 	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1 --port $(PORT)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from ctsr.errors import CTSRError
 
-TOOLS: dict[str, tuple[str, str]] = {}  # name → (module with main(argv), one-line help)
+TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-line help)
+    "export": ("ctsr.models.export", "write a stage-2 checkpoint as one .safetensors file (no Lightning needed)"),
+}
 
 
 def _lightning_cli(args: list[str] | None = None):

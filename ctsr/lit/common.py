@@ -19,6 +19,8 @@ class LoRACheckpointMixin:
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self._trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if hasattr(self, "generator") and hasattr(self.generator, "config"):
+            checkpoint["ctsr_generator_config"] = dict(self.generator.config)
         if getattr(self, "_noise_generator", None) is not None:
             checkpoint["ctsr_noise_generator"] = self._noise_generator.get_state()
 

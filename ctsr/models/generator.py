@@ -55,6 +55,9 @@ class OneStepGenerator(nn.Module):
         check(latent_sampling in ("auto", "mode", "sample"), "latent_sampling", f"unknown value {latent_sampling!r}")
         self.pretrained = pretrained
         self.latent_sampling = latent_sampling
+        # what rebuilds this network without Lightning (saved in checkpoints and exported files)
+        self.config = dict(pretrained=pretrained, osediff_lora=osediff_lora, lora_rank=lora_rank,
+                           vae_lora_rank=vae_lora_rank, prompt=prompt, latent_sampling=latent_sampling, seed=seed)
         parts = load_sd_components(pretrained, seed=seed)
         if osediff_lora:
             load_osediff_lora(parts.unet, parts.vae, osediff_lora)

@@ -1,0 +1,213 @@
+"""The controllable CTSR model (DESIGN §6) and its export as stage-1 LoRA + stage-2 LoRA in safetensors.
+
+Structure: one UNet with the stage-1 LoRA merged in (T_S) and a fresh ``control`` adapter (the student S); the
+VAE encoder keeps its stage-1 adapter (frozen). Then, for x_LR and a control value t ∈ [0, 1] per sample:
+
+    z0   = G_TS(x_LR)                          (UNet with the control adapter off)
+    z(t) = z0 + t·ε_S(z0, τ(t), c)             (control adapter on; τ(t) = t·tau_max)
+    x    = D(z(t)/s)
+
+t = 0 is the realness end (the stage-1 output, one UNet pass); t > 0 costs one more pass. ``control_steps = K``
+integrates the learned field instead: z_{k+1} = z_k + (t/K)·ε_S(z_k, τ(t_{k+1})), t_k = k·t/K.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, tau_of_t
+from ctsr.errors import ConfigError, MissingWeightsError, check, describe
+from ctsr.models.generator import OneStepGenerator
+from ctsr.models.lora import UNET_TARGETS, add_lora, merge_and_remove_lora
+
+CONTROL = "control"
+FORMAT = "ctsr-controllable-v1"
+
+
+def read_stage1_lora(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """The stage-1 generator's LoRA tensors (keys relative to the generator) and its config, from a stage-1
+    Lightning checkpoint (``.ckpt``) or an exported ``.safetensors`` file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(f"stage-1 checkpoint '{path}' not found (a runs/<name>/checkpoints/*.ckpt of "
+                                  f"`ctsr fit --config experiments/stage1.yaml`, or an exported .safetensors)")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            weights = {k[len("stage1."):]: f.get_tensor(k) for k in f.keys() if k.startswith("stage1.")}
+        return weights, json.loads(meta.get("generator", "{}"))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # Lightning checkpoints hold loop state
+    except Exception as err:
+        raise ConfigError(f"stage1_ckpt: '{path}' is not a readable checkpoint ({describe(err)})") from None
+    state = ckpt.get("state_dict", {})
+    weights = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.") and "lora_" in k}
+    if not weights:
+        raise ConfigError(f"stage1_ckpt: '{path}' holds no generator LoRA weights (is it a stage-1 checkpoint?)")
+    return weights, ckpt.get("ctsr_generator_config", {})
+
+
+def load_into(module: nn.Module, weights: dict[str, Tensor], what: str) -> None:
+    own = dict(module.named_parameters())
+    missing = [k for k in own if "lora_" in k and own[k].requires_grad and k not in weights]
+    unknown = [k for k in weights if k not in own]
+    if unknown or missing:
+        example = (unknown or missing)[0]
+        raise ConfigError(f"{what}: weights do not fit this model (e.g. '{example}'); same lora ranks and model?")
+    for k, v in weights.items():
+        if own[k].shape != v.shape:
+            raise ConfigError(f"{what}: '{k}' has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+    with torch.no_grad():
+        for k, v in weights.items():
+            own[k].copy_(v)
+
+
+class ControllableSR(nn.Module):
+    """The model users run. Build it from a stage-1 generator with :meth:`from_stage1`.
+
+    Args:
+        generator: a ``OneStepGenerator`` whose UNet holds T_S (stage-1 LoRA merged) and a ``control`` adapter.
+        tau_max: τ(t) = t·tau_max.
+        control_steps: K of the K-step integration (1: the closed rule above).
+    """
+
+    def __init__(self, generator: OneStepGenerator, tau_max: float = GENERATOR_TIMESTEP, control_steps: int = 1):
+        super().__init__()
+        check(0 < tau_max <= GENERATOR_TIMESTEP, "tau_max", f"must lie in (0, 999], got {tau_max}")
+        check(control_steps >= 1, "control_steps", f"must be ≥ 1, got {control_steps}")
+        self.generator = generator
+        self.tau_max = float(tau_max)
+        self.control_steps = int(control_steps)
+        self.stage1_lora: dict[str, Tensor] = {}  # kept (unmerged, small) for export
+
+    @classmethod
+    def from_stage1(
+        cls, generator: OneStepGenerator, stage1_lora: dict[str, Tensor] | None = None, control_rank: int = 4,
+        **kwargs,
+    ) -> "ControllableSR":
+        """Load the stage-1 LoRA into ``generator``, merge its UNet part (T_S), freeze everything, add ``control``."""
+        check(control_rank >= 1, "control_rank", f"must be ≥ 1, got {control_rank}")
+        if stage1_lora:
+            load_into(generator, stage1_lora, "stage1_ckpt")
+        generator.requires_grad_(False)
+        merge_and_remove_lora(generator.unet)   # T_S: stage-1 UNet weights, plain modules
+        add_lora(generator.unet, control_rank, UNET_TARGETS, CONTROL)
+        for n, p in generator.unet.named_parameters():
+            p.requires_grad_(f"lora_A.{CONTROL}" in n or f"lora_B.{CONTROL}" in n)
+        model = cls(generator, **kwargs)
+        model.stage1_lora = {k: v.detach().cpu().clone() for k, v in (stage1_lora or {}).items()}
+        return model
+
+    # -- the two networks in one UNet ----------------------------------------------------------------------------
+    def teacher_eps(self, z: Tensor, tau: Tensor) -> Tensor:
+        """ε_TS(z, τ): the frozen stage-1 UNet (control adapter off), no gradient."""
+        with torch.no_grad():
+            self.generator.unet.disable_adapters()
+            try:
+                return self.generator.eps(z, tau)
+            finally:
+                self.generator.unet.enable_adapters()
+
+    def velocity(self, z: Tensor, tau: Tensor) -> Tensor:
+        """ε_S(z, τ): the student (control adapter on)."""
+        return self.generator.eps(z, tau)
+
+    @torch.no_grad()
+    def z0(self, x_lr: Tensor) -> Tensor:
+        """The stage-1 output latent G_TS(x_LR): (B,3,h,w) in [0,1] → (B,4,h/2,w/2)."""
+        self.generator.unet.disable_adapters()
+        try:
+            return self.generator.latent(x_lr)
+        finally:
+            self.generator.unet.enable_adapters()
+
+    # -- control ------------------------------------------------------------------------------------------------
+    def _check_t(self, t, batch: int, device) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32, device=device).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(batch)
+        if t.numel() != batch:
+            raise ValueError(f"t: {t.numel()} values for a batch of {batch}")
+        bad = t[(t < 0) | (t > 1) | ~torch.isfinite(t)]
+        if bad.numel():
+            raise ValueError(f"t must lie in [0, 1] (0 = realness end, 1 = fidelity end), got {bad.tolist()}")
+        return t
+
+    def controlled_latent(self, z0: Tensor, t) -> Tensor:
+        """z(t) from z0 (B,4,h,w); ``t`` a float or (B,) per sample."""
+        t = self._check_t(t, z0.shape[0], z0.device)
+        if not bool((t > 0).any()):
+            return z0                                         # t = 0: the stage-1 output, no extra pass
+        z, k_steps = z0, self.control_steps
+        for k in range(k_steps):
+            t_next = t * (k + 1) / k_steps
+            step = (t / k_steps).reshape(-1, 1, 1, 1).to(z.dtype)
+            z = z + step * self.velocity(z, tau_of_t(t_next, self.tau_max))
+        return torch.where(t.reshape(-1, 1, 1, 1) > 0, z, z0)
+
+    def forward(self, x_lr: Tensor, t=0.0) -> Tensor:
+        """x_LR (B,3,h,w) in [0,1], t ∈ [0,1] (float or per sample) → SR (B,3,4h,4w) in [0,1]."""
+        z = self.controlled_latent(self.z0(x_lr), t)
+        return (self.generator.decode(z) + 1) / 2
+
+    @torch.no_grad()
+    def sweep(self, x_lr: Tensor, ts: Sequence[float]) -> list[Tensor]:
+        """SR images for every t in ``ts``, computing z0 once."""
+        z0 = self.z0(x_lr)
+        return [(self.generator.decode(self.controlled_latent(z0, t)) + 1) / 2 for t in ts]
+
+    # -- export / import ------------------------------------------------------------------------------------------
+    def control_lora(self) -> dict[str, Tensor]:
+        return {k: v.detach().cpu() for k, v in self.generator.unet.state_dict().items() if f".{CONTROL}." in k}
+
+    def export(self, path: str | Path) -> Path:
+        """One safetensors file: ``stage1.*`` (generator LoRA, unmerged), ``stage2.unet.*`` (control LoRA) and the
+        metadata that rebuilds the model (base model id, OSEDiff file, ranks, prompt, τ_max, K)."""
+        from safetensors.torch import save_file
+
+        tensors = {f"stage1.{k}": v.contiguous() for k, v in self.stage1_lora.items()}
+        tensors.update({f"stage2.unet.{k}": v.contiguous() for k, v in self.control_lora().items()})
+        rank = next(v.shape[0] for k, v in self.control_lora().items() if "lora_A" in k)
+        meta = {
+            "format": FORMAT,
+            "generator": json.dumps(self.generator.config),
+            "control": json.dumps({"rank": rank, "tau_max": self.tau_max, "control_steps": self.control_steps}),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
+             control_steps: int | None = None) -> "ControllableSR":
+        """Rebuild from :meth:`export` without Lightning; ``pretrained``/``osediff_lora`` override the stored
+        locations (the file stores where the base weights were found at training time)."""
+        from safetensors import safe_open
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(f"CTSR model file '{path}' not found (write one with `ctsr export`)")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ConfigError(f"'{path}' is not a CTSR model file (format {meta.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        gcfg, ccfg = json.loads(meta["generator"]), json.loads(meta["control"])
+        if pretrained is not None:
+            gcfg["pretrained"] = pretrained
+        if osediff_lora is not None:
+            gcfg["osediff_lora"] = osediff_lora or None
+        generator = OneStepGenerator(**gcfg)
+        stage1 = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
+        model = cls.from_stage1(generator, stage1, control_rank=ccfg["rank"], tau_max=ccfg["tau_max"],
+                                control_steps=control_steps or ccfg["control_steps"])
+        control = {k[len("stage2.unet."):]: v for k, v in tensors.items() if k.startswith("stage2.unet.")}
+        load_into(generator.unet, control, "stage-2 LoRA")
+        return model.eval()

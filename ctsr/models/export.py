@@ -1,0 +1,87 @@
+"""Loading any trained CTSR file as a :class:`ControllableSR`, and ``ctsr export`` (checkpoint → safetensors).
+
+Accepted: an exported ``.safetensors`` (stage-1 + stage-2 LoRA), a stage-2 Lightning ``.ckpt``, or a stage-1
+``.ckpt`` (then only t = 0 is allowed: there is no control yet).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ctsr.errors import ConfigError, MissingWeightsError, describe
+from ctsr.models.control import ControllableSR, load_into
+from ctsr.models.generator import OneStepGenerator
+
+
+class Stage1Only(ControllableSR):
+    """A stage-1 generator behind the controllable interface: t must be 0."""
+
+    def controlled_latent(self, z0, t):
+        t = self._check_t(t, z0.shape[0], z0.device)
+        if bool((t > 0).any()):
+            raise ValueError("this is a stage-1 model: only t = 0 is defined (train stage 2 for control)")
+        return z0
+
+
+def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> OneStepGenerator:
+    if not cfg:
+        raise ConfigError("the checkpoint does not record its generator config (written by an older ctsr?)")
+    cfg = dict(cfg)
+    if pretrained is not None:
+        cfg["pretrained"] = pretrained
+    if osediff_lora is not None:
+        cfg["osediff_lora"] = osediff_lora or None
+    return OneStepGenerator(**cfg)
+
+
+def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None) -> ControllableSR:
+    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit` or a .safetensors "
+                                  f"from `ctsr export`)")
+    if path.suffix == ".safetensors":
+        return ControllableSR.load(path, pretrained, osediff_lora)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ConfigError(f"'{path}' is not a readable checkpoint ({describe(err)})") from None
+    state = ckpt.get("state_dict", {})
+    generator = _generator(ckpt.get("ctsr_generator_config", {}), pretrained, osediff_lora)
+    if "ctsr_stage1_lora" in ckpt:  # stage 2
+        control = ckpt.get("ctsr_control", {})
+        weights = {k[len("model.generator.unet."):]: v for k, v in state.items()
+                   if k.startswith("model.generator.unet.")}
+        rank = next((v.shape[0] for k, v in weights.items() if "lora_A" in k), 4)
+        model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank, **control)
+        load_into(generator.unet, weights, f"'{path}'")
+        return model.eval()
+    stage1 = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
+    if not stage1:
+        raise ConfigError(f"'{path}' holds neither a stage-1 nor a stage-2 CTSR model")
+    return Stage1Only.from_stage1(generator, stage1).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ctsr export", description="Write a stage-2 checkpoint as one safetensors file (stage-1 LoRA + "
+        "stage-2 LoRA + the config that rebuilds it), loadable with ControllableSR.load — no Lightning needed.")
+    parser.add_argument("ckpt", help="stage-2 checkpoint (runs/<name>/checkpoints/last.ckpt)")
+    parser.add_argument("out", help="output .safetensors file")
+    parser.add_argument("--pretrained", help="override the base model location stored in the checkpoint")
+    parser.add_argument("--osediff-lora", help="override the OSEDiff LoRA file stored in the checkpoint")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"out: '{out}' must end in .safetensors")
+    if out.exists() and not args.force:
+        raise ConfigError(f"out: '{out}' exists (use --force to overwrite)")
+    model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
+    if isinstance(model, Stage1Only):
+        raise ConfigError(f"'{args.ckpt}' is a stage-1 checkpoint; export a stage-2 one")
+    model.export(out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
