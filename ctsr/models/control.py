@@ -77,6 +77,8 @@ class ControllableSR(nn.Module):
         control_steps: K of the K-step integration (1: the closed rule above).
     """
 
+    supports_control = True
+
     def __init__(self, generator: OneStepGenerator, tau_max: float = GENERATOR_TIMESTEP, control_steps: int = 1):
         super().__init__()
         check(0 < tau_max <= GENERATOR_TIMESTEP, "tau_max", f"must lie in (0, 999], got {tau_max}")
@@ -120,10 +122,11 @@ class ControllableSR(nn.Module):
 
     @torch.no_grad()
     def z0(self, x_lr: Tensor) -> Tensor:
-        """The stage-1 output latent G_TS(x_LR): (B,3,h,w) in [0,1] → (B,4,h/2,w/2)."""
+        """The stage-1 output latent G_TS(x_LR): (B,3,h,w) in [0,1] → (B,4,h/2,w/2). Deterministic (the encoder's
+        mode, also in training): T_S is a frozen teacher, and a sampled z0 would add noise the student cannot fit."""
         self.generator.unet.disable_adapters()
         try:
-            return self.generator.latent(x_lr)
+            return self.generator.latent(x_lr, sample=False)
         finally:
             self.generator.unet.enable_adapters()
 

@@ -18,6 +18,8 @@ from ctsr.models.generator import OneStepGenerator
 class Stage1Only(ControllableSR):
     """A stage-1 generator behind the controllable interface: t must be 0."""
 
+    supports_control = False
+
     def controlled_latent(self, z0, t):
         t = self._check_t(t, z0.shape[0], z0.device)
         if bool((t > 0).any()):
@@ -48,6 +50,12 @@ def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: st
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise ConfigError(f"'{path}' is not a readable checkpoint ({describe(err)})") from None
+    return model_from_checkpoint(ckpt, pretrained, osediff_lora, str(path))
+
+
+def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lora: str | None = None,
+                          name: str = "the checkpoint") -> ControllableSR:
+    """A loaded Lightning checkpoint dict (stage 1 or stage 2) → :class:`ControllableSR` in eval mode."""
     state = ckpt.get("state_dict", {})
     generator = _generator(ckpt.get("ctsr_generator_config", {}), pretrained, osediff_lora)
     if "ctsr_stage1_lora" in ckpt:  # stage 2
@@ -56,11 +64,11 @@ def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: st
                    if k.startswith("model.generator.unet.")}
         rank = next((v.shape[0] for k, v in weights.items() if "lora_A" in k), 4)
         model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank, **control)
-        load_into(generator.unet, weights, f"'{path}'")
+        load_into(generator.unet, weights, name)
         return model.eval()
     stage1 = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
     if not stage1:
-        raise ConfigError(f"'{path}' holds neither a stage-1 nor a stage-2 CTSR model")
+        raise ConfigError(f"{name} holds neither a stage-1 nor a stage-2 CTSR model")
     return Stage1Only.from_stage1(generator, stage1).eval()
 
 

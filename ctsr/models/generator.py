@@ -84,9 +84,11 @@ class OneStepGenerator(nn.Module):
     def _latent(self, dist, sample: bool, generator: torch.Generator | None) -> Tensor:
         return (dist.sample(generator) if sample else dist.mode()) * self.scaling_factor
 
-    def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """LR latent with the LoRA encoder: x (B,3,H,W) in [-1,1] → (B,4,H/8,W/8)."""
-        sample = self.latent_sampling == "sample" or (self.latent_sampling == "auto" and self.training)
+    def encode(self, x: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
+        """LR latent with the LoRA encoder: x (B,3,H,W) in [-1,1] → (B,4,H/8,W/8). ``sample`` overrides
+        ``latent_sampling`` (a frozen teacher's pass takes the mode)."""
+        if sample is None:
+            sample = self.latent_sampling == "sample" or (self.latent_sampling == "auto" and self.training)
         return self._latent(self.vae.encode(x).latent_dist, sample, generator)
 
     @torch.no_grad()
@@ -111,14 +113,14 @@ class OneStepGenerator(nn.Module):
         return self.unet(z_t, tau, encoder_hidden_states=c).sample
 
     # -- the generator ---------------------------------------------------------------------------------------
-    def lr_latent(self, x_lr: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def lr_latent(self, x_lr: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """z_L of x_LR (B,3,h,w) in [0,1]: bicubic ×4, to [-1,1], encode."""
         x = F.interpolate(x_lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-        return self.encode(x * 2 - 1, generator)
+        return self.encode(x * 2 - 1, generator, sample)
 
-    def latent(self, x_lr: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def latent(self, x_lr: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """ẑ0 of the one-step generator: (B,3,h,w) in [0,1] → (B,4,h/2,w/2)."""
-        z_l = self.lr_latent(x_lr, generator)
+        z_l = self.lr_latent(x_lr, generator, sample)
         eps = self.eps(z_l, GENERATOR_TIMESTEP)
         return self.schedule.x0_from_eps(z_l, eps, GENERATOR_TIMESTEP)
 

@@ -1,0 +1,50 @@
+"""Evaluate any trained CTSR file without its training config: ``ctsr test --config experiments/eval.yaml
+--ckpt_path runs/<name>/checkpoints/last.ckpt`` (or ``--model.init_args.model_path model.safetensors``)."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from ctsr.models.export import load_model, model_from_checkpoint
+
+
+class TrainedModel(L.LightningModule):
+    """Wraps a trained model (stage 1 or 2, ``.ckpt`` or ``.safetensors``) for ``ctsr test``/``validate``/``predict``;
+    the ``TSweepEvaluation`` callback measures it.
+
+    Args:
+        model_path: a model file; alternatively pass the checkpoint as ``--ckpt_path``.
+        pretrained / osediff_lora: override the base-weight locations recorded in the file.
+        t: the control value of ``predict``.
+    """
+
+    def __init__(self, model_path: str | None = None, pretrained: str | None = None,
+                 osediff_lora: str | None = None, t: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = load_model(model_path, pretrained, osediff_lora) if model_path else None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        h = self.hparams
+        self.model = model_from_checkpoint(checkpoint, h.pretrained, h.osediff_lora).to(self.device)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """The weights were loaded with the model in :meth:`on_load_checkpoint`."""
+        return None
+
+    def _need_model(self) -> None:
+        if self.model is None:
+            raise RuntimeError("no model: give --ckpt_path or --model.init_args.model_path")
+
+    def forward(self, x_lr: torch.Tensor, t=0.0) -> torch.Tensor:
+        self._need_model()
+        return self.model(x_lr, t)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Measured by the ``TSweepEvaluation`` callback."""
+        self._need_model()
+
+    validation_step = test_step
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self(batch["lr"], self.hparams.t)

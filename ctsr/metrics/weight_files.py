@@ -1,0 +1,143 @@
+"""The weight files each metric needs, where its library caches them, and the check that runs before any is built.
+
+Libraries download these on first use on a connected machine (``download_weights`` does it for a list of metrics).
+Offline, :func:`check_weights` raises one :class:`MissingWeightsError` that names, for every missing file, the
+metric, the file and the folder to put it in — before any network is built or any image is processed.
+
+Folders (all resolved when checked, so ``TORCH_HOME`` / ``HF_HOME`` set before the run are honoured):
+
+- torch hub checkpoints, ``$TORCH_HOME/hub/checkpoints``: torchvision's VGG16 (LPIPS, DISTS backbones).
+- pyiqa's cache, ``pyiqa.utils.download_util.DEFAULT_CACHE_DIR`` = ``$TORCH_HOME/hub/pyiqa`` (fixed when pyiqa is
+  imported): DISTS heads, the FID Inception, NIQE's parameters, MUSIQ (KonIQ), MANIQA (PIPAL).
+- ``$TORCH_HOME/hub/clip``: OpenAI CLIP RN50, which pyiqa's CLIP-IQA loads.
+- the Hugging Face hub cache, ``$HF_HOME/hub``: timm's ViT-B/8 that pyiqa's MANIQA builds before loading its own
+  checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctsr.errors import MissingWeightsError
+from ctsr.weights import VGG16_FILE, torch_hub_checkpoints
+
+# pyiqa hosts its files on the Hugging Face repo chaofengc/IQA-PyTorch-Weights (arch_util.get_url_from_name).
+_PYIQA_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
+_CLIP_RN50_URL = (
+    "https://openaipublic.azureedge.net/clip/models/"
+    "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt"
+)
+# timm's default pretrained tag of 'vit_base_patch8_224', the backbone pyiqa's MANIQA creates with pretrained=True.
+MANIQA_VIT_REPO = "timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"
+
+
+def pyiqa_cache_dir() -> Path:
+    """The folder pyiqa's ``load_file_from_url`` reads and downloads to."""
+    from pyiqa.utils import download_util
+
+    return Path(download_util.DEFAULT_CACHE_DIR)
+
+
+def clip_cache_dir() -> Path:
+    """The folder pyiqa's CLIP loader (``clip_model.load``) reads and downloads to."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "clip"
+
+
+def hf_hub_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file a metric needs: ``store`` is 'torch_hub', 'pyiqa', 'clip' or 'hf_hub' (a Hugging Face repo file)."""
+
+    metric: str
+    file: str
+    store: str
+    what: str
+    source: str
+    repo: str = ""
+
+    def folder(self) -> Path:
+        if self.store == "torch_hub":
+            return torch_hub_checkpoints()
+        if self.store == "pyiqa":
+            return pyiqa_cache_dir()
+        if self.store == "clip":
+            return clip_cache_dir()
+        return hf_hub_cache_dir()
+
+    def present(self) -> bool:
+        if self.store != "hf_hub":
+            return (self.folder() / self.file).is_file()
+        from huggingface_hub import try_to_load_from_cache
+
+        # timm takes model.safetensors and falls back to pytorch_model.bin.
+        return any(
+            isinstance(try_to_load_from_cache(self.repo, name, cache_dir=self.folder()), str)
+            for name in (self.file, "pytorch_model.bin")
+        )
+
+    def message(self) -> str:
+        if self.store == "hf_hub":
+            return (
+                f"metric '{self.metric}' needs {self.what}: file '{self.file}' of the Hugging Face repo '{self.repo}' "
+                f"is not in the hub cache '{self.folder()}' (on a connected machine: "
+                f"`hf download {self.repo} {self.file}` or `ctsr.metrics.download_weights(['{self.metric}'])`; "
+                f"set HF_HOME to use another cache)."
+            )
+        return (
+            f"metric '{self.metric}' needs {self.what}: weight file '{self.file}' not found. Put it in "
+            f"'{self.folder()}' (download: {self.source}); set TORCH_HOME to use another folder."
+        )
+
+
+def _vgg(metric: str) -> WeightFile:
+    return WeightFile(metric, VGG16_FILE, "torch_hub", "torchvision's ImageNet VGG16",
+                      "https://download.pytorch.org/models/" + VGG16_FILE)
+
+
+def _pyiqa(metric: str, file: str, what: str) -> WeightFile:
+    return WeightFile(metric, file, "pyiqa", what, _PYIQA_URL + file)
+
+
+# File names as in each library's default_model_urls (tests/test_metrics.py checks them against the installed code).
+REQUIRED_FILES: dict[str, tuple[WeightFile, ...]] = {
+    "psnr": (),
+    "ssim": (),
+    # The LPIPS linear heads ship inside the lpips package.
+    "lpips": (_vgg("lpips"),),
+    "dists": (_vgg("dists"), _pyiqa("dists", "DISTS_weights-f5e65c96.pth", "the DISTS weights (pyiqa)")),
+    "fid": (_pyiqa("fid", "pt_inception-2015-12-05-6726825d.pth", "the FID Inception-v3 (pytorch-fid port, pyiqa)"),),
+    "niqe": (_pyiqa("niqe", "niqe_modelparameters.mat", "the NIQE pristine-image model parameters (pyiqa)"),),
+    "musiq": (_pyiqa("musiq", "musiq_koniq_ckpt-e95806b9.pth", "the MUSIQ KonIQ-10k checkpoint (pyiqa)"),),
+    "maniqa": (
+        _pyiqa("maniqa", "MANIQA_PIPAL-ae6d356b.pth", "the MANIQA PIPAL checkpoint (pyiqa)"),
+        WeightFile("maniqa", "model.safetensors", "hf_hub", "timm's ViT-B/8 backbone (built before the MANIQA "
+                   "checkpoint overwrites it)", f"https://huggingface.co/{MANIQA_VIT_REPO}", MANIQA_VIT_REPO),
+    ),
+    "clipiqa": (WeightFile("clipiqa", "RN50.pt", "clip", "OpenAI CLIP RN50", _CLIP_RN50_URL),),
+}
+
+
+def missing_files(metrics: list[str] | tuple[str, ...]) -> list[WeightFile]:
+    """The required files of ``metrics`` that are not in their folders, in order."""
+    return [w for name in metrics for w in REQUIRED_FILES[name] if not w.present()]
+
+
+def check_weights(metrics: list[str] | tuple[str, ...]) -> None:
+    """Raise :class:`MissingWeightsError` listing every missing file of ``metrics`` (metric, file, folder)."""
+    missing = missing_files(metrics)
+    if missing:
+        names = list(dict.fromkeys(w.metric for w in missing))
+        offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise MissingWeightsError(
+            f"metric weights missing{offline} for {', '.join(names)}:\n  - "
+            + "\n  - ".join(w.message() for w in missing)
+            + f"\nOr leave {', '.join(names)} out of `metrics`; the other metrics run without them."
+        )
