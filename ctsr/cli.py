@@ -22,6 +22,11 @@ def _lightning_cli(args: list[str] | None = None):
     from lightning.pytorch.cli import LightningCLI
 
     class CTSRCLI(LightningCLI):
+        def _parse_ckpt_path(self) -> None:
+            """Lightning would overlay a checkpoint's saved hyperparameters on the config. Here the YAML (saved as
+            config.yaml in every run folder) is the one record of a run, and ``ctsr test --ckpt_path`` may load a
+            checkpoint into another module (``TrainedModel``): checkpoints carry weights and loop state only."""
+
         def before_fit(self) -> None:
             ckpt = self.config_init[self.subcommand].get("ckpt_path")
             logger = self.trainer.logger

@@ -77,9 +77,9 @@ def test_fidelity_path_is_learned_and_ts_stays_frozen(stage2):
     assert all("control" in n for n, p in m.named_parameters() if p.requires_grad)
     before = _fixed_loss(m, x)
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 120)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 60)
     g = torch.Generator().manual_seed(1)
-    for _ in range(120):
+    for _ in range(60):
         opt.zero_grad()
         m.stage2_terms(x, g)["loss"].backward()
         opt.step()

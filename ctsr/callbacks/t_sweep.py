@@ -143,10 +143,10 @@ class TSweepEvaluation(Callback):
         for t, row in rows.items():
             for name, value in row.items():
                 pl_module.log(f"{split}/{name}/t={t:g}", value, sync_dist=False)  # already reduced by torchmetrics
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank must ask
         if not trainer.is_global_zero:
             return
         protocol = self._prototype.protocol()
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
         title = f"{split} metrics at step {trainer.global_step}"
         write_tables(folder, rows, protocol, title, self.table_stem)
         experiment = getattr(trainer.logger, "experiment", None)
