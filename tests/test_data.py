@@ -111,3 +111,34 @@ def test_datamodule_degrades_on_transfer_and_validation_is_fixed(sample_dir):
     v1 = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     v2 = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     assert torch.equal(v1["lr"], v2["lr"]) and v1["seed"].dtype == torch.int64
+
+
+def test_default_degradation_is_real_esrgan_on_the_batch_device(sample_dir):
+    from ctsr.data.degradations import RealESRGANDegradation
+
+    dm = SRDataModule(train_dirs=[str(sample_dir / "train")], crop_size=64, batch_size=2, num_workers=0)
+    assert isinstance(dm.degradation, RealESRGANDegradation)
+    dm.setup("fit")
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["lr"].shape == (2, 3, 16, 16) and torch.equal(batch["lr"], (batch["lr"] * 255).round() / 255)
+    bicubic = BicubicDegradation()(batch["hr"])
+    assert not torch.allclose(batch["lr"], bicubic, atol=1 / 255)  # really degraded, not the placeholder
+
+
+def test_sample_pool_swaps_pairs_without_losing_any():
+    dm = SRDataModule(train_dirs=["unused"], crop_size=32, batch_size=2, pool_size=4, degradation=BicubicDegradation())
+    gen = torch.Generator().manual_seed(0)
+    seen, out_ids = [], []
+    for step in range(4):
+        hr = torch.full((2, 3, 32, 32), float(step)) + torch.tensor([0.0, 0.5]).view(2, 1, 1, 1)
+        batch = {"hr": hr / 10, "lr": hr[:, :, :8, :8] / 10}
+        seen += [float(v) for v in hr[:, 0, 0, 0] / 10]
+        out = dm._swap_with_pool(batch, gen)
+        out_ids += [float(v) for v in out["hr"][:, 0, 0, 0]]
+        assert torch.equal(out["lr"][:, :, 0, 0], out["hr"][:, :, 0, 0])  # pairs stay paired
+    pool_ids = [float(v) for v in dm._pool["hr"][:, 0, 0, 0]]
+    # the first two batches only fill the pool; afterwards every pair handed out or still pooled was seen once
+    assert out_ids[:4] == seen[:4]
+    assert sorted(out_ids[4:] + pool_ids) == sorted(seen)
+    with pytest.raises(ConfigError, match="pool_size"):
+        SRDataModule(train_dirs=["x"], crop_size=32, batch_size=2, pool_size=3)

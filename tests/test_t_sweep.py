@@ -75,7 +75,7 @@ def test_eval_config_runs_from_a_checkpoint(model_file, sample_dir, tmp_path, mo
     data = SRDataModule(train_dirs=[str(sample_dir / "train")], crop_size=32, num_workers=0,
                         degradation=BicubicDegradation())
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, data)
     trainer.save_checkpoint(tmp_path / "stage2.ckpt")
     monkeypatch.chdir(tmp_path)

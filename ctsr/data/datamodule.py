@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ctsr.data.datasets import HRTrainDataset, HRValDataset, PairedDataset, collect_files
+from ctsr.data.degradations import RealESRGANDegradation, usm_sharp
 from ctsr.data.images import list_images
 from ctsr.errors import DataError, check
 
@@ -42,7 +43,9 @@ class SRDataModule(L.LightningDataModule):
         val_crop_size: HR centre crop of validation/test images (None: whole images, use batch 1).
         small_images: training images smaller than the crop are ``pad``-ded (reflect) or ``skip``-ped.
         flip / rotate: training augmentation.
-        degradation: the LR model run on the device; None = the Real-ESRGAN second-order model.
+        degradation: the LR model run on the device; None = the Real-ESRGAN second-order model (DESIGN §7).
+        pool_size: Real-ESRGAN's sample pool ("queue"): training pairs are swapped with random pairs of a pool of
+            this many, so a batch mixes degradations of earlier batches (0: off; a multiple of batch_size).
         batch_size / val_batch_size / num_workers: loader settings.
         seed: seed of the training degradation's generator (offset by the rank under DDP).
     """
@@ -61,6 +64,7 @@ class SRDataModule(L.LightningDataModule):
         flip: bool = True,
         rotate: bool = False,
         degradation: nn.Module | None = None,
+        pool_size: int = 0,
         batch_size: int = 1,
         val_batch_size: int = 1,
         num_workers: int = 4,
@@ -72,6 +76,8 @@ class SRDataModule(L.LightningDataModule):
               f"must be a positive multiple of 32 or null, got {val_crop_size}")
         check(small_images in ("pad", "skip"), "data.small_images", f"must be pad or skip, got {small_images!r}")
         check(batch_size >= 1 and val_batch_size >= 1, "data.batch_size", "must be ≥ 1")
+        check(pool_size >= 0 and pool_size % batch_size == 0, "data.pool_size",
+              f"must be 0 or a multiple of batch_size ({batch_size}), got {pool_size}")
         for pair in (val_pairs or []) + (test_pairs or []):
             check(len(pair) == 2, "data.val_pairs/test_pairs", f"each entry is [lr_dir, hr_dir], got {pair}")
         self.train_dirs, self.train_meta = list(train_dirs or []), list(train_meta or [])
@@ -81,7 +87,9 @@ class SRDataModule(L.LightningDataModule):
         self.small_images, self.flip, self.rotate = small_images, flip, rotate
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.seed = seed
-        self.degradation = degradation if degradation is not None else default_degradation()
+        self.degradation = degradation if degradation is not None else RealESRGANDegradation()
+        self.pool_size = pool_size
+        self._pool: dict[str, Tensor] | None = None
         self.skipped: dict[str, str] = {}  # path → reason, for every training file passed over
         self._generator: torch.Generator | None = None
         self._resume_generator_state: Tensor | None = None
@@ -146,17 +154,37 @@ class SRDataModule(L.LightningDataModule):
                     self.skipped[path] = reason
                     rank_zero_warn(f"skipped training image {path}: {reason} ({len(self.skipped)} skipped so far)")
 
+    def _swap_with_pool(self, batch: dict, generator: torch.Generator) -> dict:
+        """Real-ESRGAN's queue: fill the pool first; once full, shuffle it, hand out b pairs, store the batch."""
+        b = batch["hr"].shape[0]
+        pairs = {"lr": batch["lr"], "hr": batch["hr"]}
+        if self._pool is None or self._pool["hr"].shape[0] < self.pool_size:
+            self._pool = pairs if self._pool is None else {k: torch.cat([self._pool[k], v]) for k, v in pairs.items()}
+            return batch
+        order = torch.randperm(self.pool_size, generator=generator, device=generator.device).to(batch["hr"].device)
+        pool = {k: v[order] for k, v in self._pool.items()}
+        out = {k: pool[k][:b].clone() for k in pairs}
+        self._pool = {k: torch.cat([pairs[k], pool[k][b:]]) for k in pairs}
+        return {**batch, **out}
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if not isinstance(batch, dict) or "hr" not in batch:
             return batch
         self._note_skipped(batch)
-        if "lr" not in batch:
-            self.degradation.to(batch["hr"].device)
-            with torch.no_grad():
-                if "seed" in batch:  # evaluation: fixed per-image seeds, the same LR whatever the batch size or run
-                    batch["lr"] = self.degradation(batch["hr"], seeds=batch["seed"])
-                else:
-                    batch["lr"] = self.degradation(batch["hr"], generator=self._train_generator(batch["hr"].device))
+        if "lr" in batch:
+            return batch
+        self.degradation.to(batch["hr"].device)
+        with torch.no_grad():
+            if "seed" in batch:  # evaluation: fixed per-image seeds, the same LR whatever the batch size or run
+                batch["lr"] = self.degradation(batch["hr"], seeds=batch["seed"])
+                return batch
+            generator = self._train_generator(batch["hr"].device)
+            batch["lr"] = self.degradation(batch["hr"], generator=generator)
+            config = getattr(self.degradation, "config", None)
+            if getattr(config, "usm_sharpen_gt", False):  # sharpen the target, not the input (Real-ESRGAN)
+                batch["hr"] = usm_sharp(batch["hr"]).clamp(0, 1)
+            if self.pool_size:
+                batch = self._swap_with_pool(batch, generator)
         return batch
 
     def state_dict(self) -> dict:
@@ -166,12 +194,3 @@ class SRDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.skipped = dict(state.get("skipped", {}))
         self._resume_generator_state = state.get("generator_state")
-
-
-def default_degradation() -> nn.Module:
-    """The Real-ESRGAN second-order model once it exists; bicubic until then (a placeholder, see README)."""
-    try:
-        from ctsr.data.degradations import RealESRGANDegradation
-    except ImportError:
-        return BicubicDegradation()
-    return RealESRGANDegradation()

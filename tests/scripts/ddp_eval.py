@@ -4,6 +4,7 @@
 """
 import json
 import sys
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -19,7 +20,8 @@ if __name__ == "__main__":
     data = SRDataModule(test_dirs=[val_dir], val_crop_size=64, val_batch_size=1, num_workers=0,
                         degradation=BicubicDegradation())
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        logger=False, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False)
+                        logger=False, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(Path(out).parent))
     trainer.test(TrainedModel(model_file), data)
     if trainer.is_global_zero:
         json.dump({str(t): row for t, row in cb.last_rows.items()}, open(out, "w"))
