@@ -50,5 +50,8 @@ bench-sweep: $(STAMP) ## benchmark: t sweep with z0 reused vs separate single-t 
 tensorboard: $(STAMP) ## serve the runs folder on 127.0.0.1 (PORT=6006 by default), local only
 	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1 --port $(PORT)
 
+# The paper's experiments as commands (ablations, baselines): SIZE=tiny (CPU, minutes) or SIZE=paper (default).
+-include mk/experiments.mk
+
 clean: ## remove the runs and caches (keeps .venv)
 	rm -rf $(RUNS) .pytest_cache
