@@ -26,10 +26,10 @@ $(STAMP): setup.py setup.cfg
 install: $(STAMP) ## create .venv (python3.11) and install ctsr with its dependencies (once)
 
 test: $(STAMP) ## run the test suite (CPU, tiny models, offline; slow and GPU tests excluded)
-	$(OFFLINE) $(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(OFFLINE) $(BIN)/python -m pytest -m "not slow and not gpu" -q -n auto --dist loadfile
 
 test-slow: $(STAMP) ## run the slow CPU tests too
-	$(OFFLINE) $(BIN)/python -m pytest -m "not gpu" -q
+	$(OFFLINE) $(BIN)/python -m pytest -m "not gpu" -q -n auto --dist loadfile
 
 samples: $(STAMP) ## write the bundled sample photos to data/samples
 	$(BIN)/python data/make_samples.py
