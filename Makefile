@@ -10,7 +10,7 @@ PORT   ?= 6006
 RUNS   ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow quickstart samples tensorboard clean bench-degrade bench-sweep
+.PHONY: help install test test-slow quickstart samples tensorboard clean bench-degrade bench-sweep toy
 
 help: ## list the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ quickstart: $(STAMP) samples ## stage 1 then stage 2 on tiny models and the samp
 	$(OFFLINE) $(CTSR) fit --config experiments/quickstart_stage2.yaml
 	$(OFFLINE) $(CTSR) export $(RUNS)/quickstart-stage2/checkpoints/last.ckpt $(RUNS)/quickstart-stage2/ctsr.safetensors
 	@echo "Runs: $(RUNS)/quickstart-stage1, $(RUNS)/quickstart-stage2 — open them with: make tensorboard"
+
+toy: $(STAMP) ## mechanism lab: the paper's claims measured in a toy world on the CPU (results/toy/report.md)
+	$(BIN)/python -m ctsr.toy.lab --out results/toy
 
 bench-degrade: $(STAMP) ## benchmark: batched Real-ESRGAN degradation vs a per-sample loop (16 × 512²)
 	$(BIN)/python benchmarks/bench_degrade.py --batch 16 --size 512
