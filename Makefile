@@ -10,7 +10,7 @@ PORT   ?= 6006
 RUNS   ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow quickstart samples tensorboard clean bench-degrade bench-sweep toy
+.PHONY: help install test test-slow quickstart samples tensorboard clean bench-degrade bench-sweep bench-gpu toy
 
 help: ## list the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,9 @@ bench-degrade: $(STAMP) ## benchmark: batched Real-ESRGAN degradation vs a per-s
 
 bench-sweep: $(STAMP) ## benchmark: t sweep with z0 reused vs separate single-t evaluations
 	$(OFFLINE) $(BIN)/python benchmarks/bench_sweep.py
+
+bench-gpu: $(STAMP) ## GPU benchmark: upscale path vs bare diffusers graph, SD 2.1-base size, eager + compile
+	$(OFFLINE) $(BIN)/python -m ctsr.inference.bench --size sd21
 
 tensorboard: $(STAMP) ## serve the runs folder on 127.0.0.1 (PORT=6006 by default), local only
 	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1 --port $(PORT)

@@ -13,7 +13,9 @@ from pathlib import Path
 from ctsr.errors import CTSRError
 
 TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-line help)
+    "upscale": ("ctsr.inference.upscale", "upscale images or folders at one or several t (any size, tiled)"),
     "export": ("ctsr.models.export", "write a stage-2 checkpoint as one .safetensors file (no Lightning needed)"),
+    "bench": ("ctsr.inference.bench", "time the upscale path against the bare diffusers graph (ratios)"),
 }
 
 

@@ -1,0 +1,314 @@
+"""``ctsr bench``: speed and memory of one-step ×4 SR, the bare diffusers graph against the project's upscale path,
+measured in the same run (STYLE habit 10: ratios, never a bare absolute time).
+
+    ctsr bench                          # SD 2.1-base architecture, random init, bf16, CUDA: eager and compiled
+    ctsr bench --size tiny --device cpu --no-compile --repeats 2      # the script itself, in seconds on a CPU
+
+Rows: ``bare`` is VAE encode → UNet → VAE decode of plain diffusers modules (and, for t > 0, the K further UNet
+passes of the control step, so both sides run the same number of UNet passes); ``ctsr`` is :class:`Upscaler` on the
+LR image (bicubic ×4, encode with the merged stage-1 LoRA, UNet with the control adapter, decode, colour correction).
+Both at 512×512 output, batch 1 and 8, t = 0 and 0.5, eager and ``torch.compile``. Then one large upscale
+(2048² output by default, tiled) for its peak memory, and the paper's Table 8 row: total and trainable parameters.
+Targets on an H100/H200 in bf16: project/bare ≤ 1.15 on every row, compiled t = 0 at batch 8 ≥ 60 images/s.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctsr.errors import CTSRError, check
+from ctsr.inference.upscale import PRECISIONS, REFERENCE_CELLS, Upscaler, resolve_device
+
+# stabilityai/stable-diffusion-2-1-base, unet/config.json and vae/config.json (diffusers defaults left out)
+SD21_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    upcast_attention=False,
+)
+SD21_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    act_fn="silu",
+    sample_size=768,
+    scaling_factor=0.18215,
+)
+# text_encoder/config.json (OpenCLIP ViT-H/14 text tower): counted for Table 8, not run (the prompt is encoded once)
+SD21_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=512,
+    layer_norm_eps=1e-5,
+)
+PAPER_TABLE8_CTSR = "1775 / 8.5"  # total / trainable, M (the paper counts as OSEDiff does, with its prompt extractor)
+
+
+def _numel(module: nn.Module, lora: bool | None = None) -> int:
+    """Parameters of ``module``; ``lora``: only LoRA (True), only the rest (False), all (None)."""
+    return sum(p.numel() for n, p in module.named_parameters() if lora is None or (("lora_" in n) == lora))
+
+
+# -- the two graphs ----------------------------------------------------------------------------------------------
+def _sd21_parts(device: torch.device):
+    """Random-init SD 2.1-base UNet and VAE, built directly on ``device``; a one-layer text encoder of the same
+    width stands in for the 23-layer one (only its (1, 77, 1024) output is used, once)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ctsr.models import configs
+    from ctsr.models.loading import SDComponents
+
+    with torch.device(device):
+        unet = UNet2DConditionModel(**SD21_UNET)
+        vae = AutoencoderKL(**SD21_VAE)
+    text = CLIPTextModel(CLIPTextConfig(**{**SD21_TEXT, "num_hidden_layers": 1, "vocab_size": configs.tiny_vocab_size(),
+                                           "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}))
+    import tempfile
+    from pathlib import Path
+
+    folder = configs.write_tiny_tokenizer(Path(tempfile.gettempdir()) / "ctsr-tiny-tokenizer")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    return SDComponents(unet, vae, text, tokenizer)
+
+
+@contextmanager
+def _random_sd21(device: torch.device):
+    """``OneStepGenerator(...)`` builds random-init SD 2.1-base networks inside the block (nothing is downloaded)."""
+    import ctsr.models.generator as generator_module
+
+    original = generator_module.load_sd_components
+    generator_module.load_sd_components = lambda pretrained, seed=0, **kw: _sd21_parts(device)
+    try:
+        yield
+    finally:
+        generator_module.load_sd_components = original
+
+
+def build(size: str, device: torch.device, seed: int = 0):
+    """(controllable model, bare UNet, bare VAE, context, Table-8 counts) for ``size`` ``tiny`` or ``sd21``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from ctsr.models import configs
+    from ctsr.models.control import ControllableSR
+    from ctsr.models.generator import OneStepGenerator
+
+    torch.manual_seed(seed)
+    if size == "tiny":
+        gen = OneStepGenerator("tiny", seed=seed)
+        text_params = _numel(gen.prompts.text_encoder)
+        bare_unet, bare_vae = UNet2DConditionModel(**configs.TINY_UNET), AutoencoderKL(**configs.TINY_VAE)
+    else:
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        with _random_sd21(device):
+            gen = OneStepGenerator("random-init-sd21", seed=seed)
+        with torch.device("meta"):
+            text_params = _numel(CLIPTextModel(CLIPTextConfig(**SD21_TEXT)))
+        with torch.device(device):
+            bare_unet, bare_vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
+    stage1_trainable = _numel(gen, lora=True)  # UNet + VAE-encoder LoRA, what stage 1 trains
+    model = ControllableSR.from_stage1(gen)     # merges the stage-1 UNet LoRA, adds the control LoRA
+    with torch.no_grad():
+        for n, p in model.generator.unet.named_parameters():
+            if "lora_B.control" in n:
+                p.normal_(0, 0.01)                  # a control that does something (B = 0 at init)
+    counts = dict(
+        unet=_numel(gen.unet, lora=False), vae=_numel(gen.vae, lora=False), text=text_params,
+        lora=_numel(gen.unet, lora=True) + _numel(gen.vae, lora=True),
+        stage1=stage1_trainable, stage2=_numel(gen.unet, lora=True),
+    )
+    counts["total"] = counts["unet"] + counts["vae"] + counts["text"] + counts["lora"]
+    context = model.generator.context.clone()
+    return model, bare_unet.eval().requires_grad_(False), bare_vae.eval().requires_grad_(False), context, counts
+
+
+def bare_graph(unet, vae, context: Tensor, t: float, control_steps: int) -> Callable[[Tensor], Tensor]:
+    """x (B, 3, H, W) in [-1, 1] → VAE encode → UNet at τ = 999 → ẑ0 (→ K control passes if t > 0);
+    then decode: the arithmetic of DESIGN §3 and §6 written out on plain diffusers modules."""
+    from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, NoiseSchedule
+
+    schedule = NoiseSchedule().to(context.device)
+    s = vae.config.scaling_factor
+
+    def run(x: Tensor) -> Tensor:
+        b = x.shape[0]
+        c = context.to(x.dtype).expand(b, -1, -1)
+        z = vae.encode(x).latent_dist.mode() * s
+        eps = unet(z, torch.full((b,), float(GENERATOR_TIMESTEP), device=x.device), encoder_hidden_states=c).sample
+        z = schedule.x0_from_eps(z, eps, GENERATOR_TIMESTEP)
+        if t > 0:
+            for k in range(control_steps):
+                tau = torch.full((b,), t * (k + 1) / control_steps * GENERATOR_TIMESTEP, device=x.device)
+                z = z + t / control_steps * unet(z, tau, encoder_hidden_states=c).sample
+        return vae.decode(z / s).sample.clamp(-1, 1)
+
+    return run
+
+
+# -- timing ------------------------------------------------------------------------------------------------------
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> tuple[float, float | None]:
+    """(ms per call, peak GiB over the timed calls or None off CUDA); CUDA is synchronised around the clock."""
+    cuda = device.type == "cuda"
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    ms = (time.perf_counter() - start) * 1000 / repeats
+    return ms, (torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None)
+
+
+def _gib(x: float | None) -> str:
+    return f"{x:6.1f}" if x is not None else "     -"
+
+
+def main(argv: list[str] | None = None) -> int:
+    description = __doc__.split("\n\n")[0].removeprefix("``ctsr bench``: ")
+    p = argparse.ArgumentParser(prog="ctsr bench", description=description)
+    p.add_argument("--size", default="sd21", choices=["sd21", "tiny"],
+                   help="sd21 (default): SD 2.1-base architecture, random init; tiny: the test models (checks the "
+                   "script)")
+    p.add_argument("--device", default=None, help="default: cuda when available")
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="default auto: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per row, after warm-up (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per row (default 2; compiled rows: at least 2)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    p.add_argument("--t", type=float, nargs="+", default=[0.0, 0.5], dest="ts", metavar="T",
+                   help="control values (default 0 0.5)")
+    p.add_argument("--resolution", type=int, default=None, help="output side (default 512; tiny: 64)")
+    p.add_argument("--large", type=int, default=None,
+                   help="output side of the tiled large-image row, 0: skip (default 2048; tiny: 0)")
+    p.add_argument("--no-compile", action="store_true", help="eager rows only")
+    args = p.parse_args(argv)
+    check(args.repeats >= 1, "--repeats", f"must be ≥ 1, got {args.repeats}")
+    resolution = args.resolution or (512 if args.size == "sd21" else 64)
+    large = args.large if args.large is not None else (2048 if args.size == "sd21" else 0)
+    check(resolution % 64 == 0 and large % 64 == 0, "--resolution/--large", "must be multiples of 64")
+    device = resolve_device(args.device)
+
+    model, bare_unet, bare_vae, context, n = build(args.size, device)
+    up = Upscaler(model, str(device), args.precision, batch_size=max(args.batches))
+    dtype, K = up.dtype, model.control_steps
+    for module in (bare_unet, bare_vae):
+        nn.Module.to(module, device=device, dtype=dtype)
+    context = context.to(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    import diffusers
+
+    print(f"ctsr bench: {args.size} (random init), {name}, {str(dtype).removeprefix('torch.')}, "
+          f"{resolution}×{resolution} output, torch {torch.__version__}, diffusers {diffusers.__version__}")
+    M = 1e6
+    print(f"Table 8 row (this model): total {n['total'] / M:.2f} M parameters (UNet {n['unet'] / M:.2f} + VAE "
+          f"{n['vae'] / M:.2f} + text encoder {n['text'] / M:.2f} + LoRA {n['lora'] / M:.2f}); trainable "
+          f"{n['stage1'] / M:.2f} M in stage 1 (UNet + VAE-encoder LoRA), {n['stage2'] / M:.2f} M in stage 2 "
+          f"(control LoRA). Paper, CTSR: {PAPER_TABLE8_CTSR} M (with a prompt extractor; here a fixed prompt)")
+    print(f"{'graph':<10}{'mode':<9}{'batch':>5}{'t':>5}{'UNet':>6}{'ms/img':>10}{'img/s':>9}{'peak GiB':>10}"
+          f"{'ctsr/bare':>11}")
+    sys.stdout.flush()
+
+    g = torch.Generator().manual_seed(0)
+    lr = resolution // 4
+    inputs = {b: torch.rand(b, 3, lr, lr, generator=g).to(device) for b in args.batches}
+    results: dict[tuple, float] = {}  # (mode, batch, t) → ctsr images/s
+    ratios: dict[tuple, float] = {}
+    bare_gib = sum(p.numel() * p.element_size() for m in (bare_unet, bare_vae) for p in m.parameters()) / 2**30
+
+    def rows(mode: str) -> None:
+        warmup = args.warmup if mode == "eager" else max(2, args.warmup)  # the first compiled calls compile
+        for b in args.batches:
+            x_lr = inputs[b]
+            x_hr = (F.interpolate(x_lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1) * 2 - 1)
+            x_hr = x_hr.to(dtype)
+            for t in args.ts:
+                passes = 1 + (K if t > 0 else 0)
+                bare = bare_graph(bare_unet, bare_vae, context, t, K)
+                ms_bare, mem_bare = timed(lambda: bare(x_hr), device, args.repeats, warmup)  # noqa: B023 (run now)
+                ms_ctsr, mem_ctsr = timed(lambda: up(x_lr, [t]), device, args.repeats, warmup)  # noqa: B023
+                results[(mode, b, t)] = b * 1000 / ms_ctsr
+                ratios[(mode, b, t)] = ms_ctsr / ms_bare
+                for graph, ms, mem, ratio in (("bare", ms_bare, mem_bare, ""),
+                                              ("ctsr", ms_ctsr, mem_ctsr, f"{ms_ctsr / ms_bare:.3f}")):
+                    print(f"{graph:<10}{mode:<9}{b:>5}{t:>5g}{passes:>6}{ms / b:>10.2f}{b * 1000 / ms:>9.1f}"
+                          f"{_gib(mem):>10}{ratio:>11}")
+                print(f"ratio ctsr/bare {mode} batch {b} t={t:g}: {ms_ctsr / ms_bare:.3f}")
+                sys.stdout.flush()
+
+    rows("eager")
+    if large:  # eager, batch 1, as `ctsr upscale` runs by default (compiled, every new tile shape would recompile)
+        x_big = torch.rand(1, 3, large // 4, large // 4, generator=g).to(device)
+        t, budget = max(args.ts), up.tiling["max_cells"]
+        up.tiling["max_cells"] = REFERENCE_CELLS
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        ms, mem = timed(lambda: up(x_big, [t]), device, 1, 1)
+        up.tiling["max_cells"] = budget
+        tl = up.tiling
+        peak = "peak -" if mem is None else f"peak {mem:.1f} GiB, {mem - bare_gib:.1f} without the bare graph's weights"
+        print(f"large: {large}×{large} output, t={t:g}, batch 1, eager, UNet tiles {tl['tile']}/{tl['overlap']}, "
+              f"VAE tiles {tl['vae_tile']}/{tl['vae_overlap']} (latent px): {ms:.0f} ms, {peak} (target: ≤ 24 GiB)")
+        sys.stdout.flush()
+    if not args.no_compile:
+        import torch._dynamo as dynamo
+
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)  # 2 batch sizes × 3 UNets, …
+        for module in (bare_unet, bare_vae.encoder, bare_vae.decoder, up.teacher_unet, up.student_unet,
+                       model.generator.vae.encoder, model.generator.vae.decoder):
+            if module is not None:
+                module.compile(dynamic=False)
+        rows("compiled")
+
+    worst = max(ratios.values())
+    throughput = results.get(("compiled", 8, 0.0))
+    verdict = args.size == "sd21" and device.type == "cuda"
+    print(f"targets{'' if verdict else ' (judged for --size sd21 on CUDA only)'}: ctsr/bare ≤ 1.15 on every row: "
+          f"worst {worst:.3f}{(' PASS' if worst <= 1.15 else ' FAIL') if verdict else ''}; compiled t=0 batch 8 "
+          f"≥ 60 img/s: " + (f"{throughput:.1f}{(' PASS' if throughput >= 60 else ' FAIL') if verdict else ''}"
+                             if throughput is not None else "not measured"))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except CTSRError as err:
+        print(f"ctsr bench: error: {err}", file=sys.stderr)
+        sys.exit(2)

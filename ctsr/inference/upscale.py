@@ -1,0 +1,419 @@
+"""``ctsr upscale``: super-resolve your own images ×4 with a trained CTSR model, at one or several control values t.
+
+    ctsr upscale photo.jpg photo_sr.png --ckpt runs/stage2/ctsr.safetensors --t 0.3
+    ctsr upscale photos/ photos_sr/ --ckpt ctsr.safetensors --t 0 0.5 1     # photos_sr/<name>_t0.5.png, …
+
+t = 0 is the realness end (the stage-1 output), t = 1 the fidelity end (DESIGN §6). INPUT is a file or a folder
+(searched recursively for PNG, JPEG, WebP, BMP and TIFF; sub-folders are mirrored in OUTPUT). Any image size:
+the LR is padded (reflect) to a multiple of the UNet's downsampling, the latent is processed in overlapping tiles
+(:mod:`ctsr.inference.tiling`), and the padding is cropped off. Colours are then matched to the bicubic-upscaled
+input (:mod:`ctsr.inference.color`). A file that cannot be read is reported and skipped; the exit status is 1 when
+any image failed. Existing outputs are kept unless ``--overwrite``; nothing is ever written inside the input folder.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, read_image, write_image
+from ctsr.errors import ConfigError, CTSRError, check, describe
+from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
+from ctsr.inference.tiling import tiled_inference, unet_alignment
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+REFERENCE_CELLS = 64 * 64  # latent pixels of one 512×512 output: the unit of ``batch_size`` for tiles
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"--device: {describe(err)}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device: '{device}' asked for, but this machine has no usable CUDA device")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    check(precision == "auto" or precision in PRECISIONS, "--precision",
+          f"one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return PRECISIONS[precision]
+
+
+def check_t_values(model, ts: Sequence[float]) -> list[float]:
+    """The t values as floats in [0, 1], duplicates dropped; a stage-1 model allows only 0."""
+    ts = [float(t) for t in ts]
+    check(len(ts) > 0, "--t", "give at least one value")
+    bad = [t for t in ts if not 0 <= t <= 1]  # also catches nan
+    check(not bad, "--t", f"must lie in [0, 1] (0 = realness end, 1 = fidelity end), got {bad}")
+    check(getattr(model, "supports_control", True) or all(t == 0 for t in ts), "--t",
+          "this is a stage-1 model: only t = 0 is defined (train stage 2, or export a stage-2 checkpoint)")
+    return list(dict.fromkeys(ts))
+
+
+def prepare_model(model, device: torch.device, dtype: torch.dtype, compile: bool = False):
+    """Ready a ``ControllableSR`` for inference, in place, and return (T_S UNet, student UNet or None).
+
+    The UNet's control adapter becomes two plain UNets: T_S (the adapter dropped: what ``z0`` runs with the adapter
+    off) and the student S (the adapter merged into a copy: what the control step runs with it on). A LoRA left
+    unmerged costs two extra small matmuls in each of ~700 layers on every pass; two plain UNets cost 1.7 GB more
+    (bf16) and run exactly the bare diffusers graph. The VAE encoder's stage-1 LoRA is merged too, the text encoder
+    released, UNet and VAE moved to ``device`` in ``dtype`` (the noise schedule stays float32). ``compile``:
+    ``torch.compile`` the UNets and both VAE halves. Afterwards the model's own ``z0``/``sweep`` no longer apply
+    (no adapter to switch off): use :class:`Upscaler`.
+    """
+    from ctsr.models.lora import merge_and_remove_lora
+
+    gen = model.generator
+    model.eval().requires_grad_(False)
+    if getattr(gen.vae, "_hf_peft_config_loaded", False):
+        merge_and_remove_lora(gen.vae)
+    gen.prompts.release()
+    student = None
+    if getattr(gen.unet, "_hf_peft_config_loaded", False):
+        if getattr(model, "supports_control", True):
+            student = merge_and_remove_lora(copy.deepcopy(gen.unet))      # S = T_S + control LoRA
+        with torch.no_grad():
+            for name, p in gen.unet.named_parameters():
+                if "lora_B" in name:
+                    p.zero_()                                            # ΔW = B·A = 0: merging leaves T_S exact
+        merge_and_remove_lora(gen.unet)
+    model.to(device)
+    unets = [gen.unet] + ([student] if student is not None else [])
+    for module in (*unets, gen.vae):  # nn.Module.to: diffusers' own `to` warns about fp32 modules it has none of
+        nn.Module.to(module, device=device, dtype=dtype)
+    if compile:
+        for module in (*unets, gen.vae.encoder, gen.vae.decoder):
+            module.compile(dynamic=False)
+    return gen.unet, student
+
+
+@contextmanager
+def _running(generator, unet):
+    """``generator.unet`` is ``unet`` inside the block (``generator.eps`` reads it at call time)."""
+    previous = generator.unet
+    generator.unet = unet
+    try:
+        yield
+    finally:
+        generator.unet = previous
+
+
+class Upscaler:
+    """A CTSR model ready to upscale tensors of any size: device, precision, tiling, colour correction.
+
+    Args:
+        model: a ``ControllableSR`` (from :func:`ctsr.models.export.load_model`); prepared in place.
+        device: ``cuda``, ``cuda:1``, ``cpu``; default CUDA when there is one.
+        precision: weights and activations of UNet and VAE; ``auto``: bf16 on CUDA, fp32 on the CPU.
+        tile, tile_overlap: UNet tiles in latent pixels (1 latent pixel = 8 output pixels); 0: never tile.
+        vae_tile, vae_overlap: VAE encoder/decoder tiles in latent pixels; 0: never tile.
+        color: colour correction against the bicubic-upscaled input: ``adain``, ``wavelet`` or ``none``.
+        batch_size: images per network call; tiles per call are bounded by the same pixel count
+            (batch_size × a 512×512 output), so memory is that of ``batch_size`` 512² images or of one tile.
+        compile: ``torch.compile`` the networks (pays off on long runs of equal sizes).
+    """
+
+    def __init__(
+        self,
+        model,
+        device: str | None = None,
+        precision: Precision = "auto",
+        tile: int = 96,
+        tile_overlap: int = 32,
+        vae_tile: int = 256,
+        vae_overlap: int = 32,
+        color: ColorFix = "adain",
+        batch_size: int = 1,
+        compile: bool = False,
+    ) -> None:
+        check(color in COLOR_FIXES, "--color", f"one of {', '.join(COLOR_FIXES)}; got {color!r}")
+        check(batch_size >= 1, "--batch-size", f"must be ≥ 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.tiling = dict(tile=tile, overlap=tile_overlap, vae_tile=vae_tile, vae_overlap=vae_overlap,
+                           max_cells=batch_size * REFERENCE_CELLS)
+        self.color, self.batch_size = color, batch_size
+        self.model = model
+        with tiled_inference(model.generator, **self.tiling):  # validates the tile options before any work
+            pass
+        self.teacher_unet, self.student_unet = prepare_model(model, self.device, self.dtype, compile)
+
+    @property
+    def pad_multiple(self) -> int:
+        """LR sides are padded to a multiple of this: latent sides (LR/2) a multiple of the UNet's downsampling,
+        and at least 8."""
+        return max(8, 2 * unet_alignment(self.model.generator.unet))
+
+    @torch.no_grad()
+    def __call__(self, x_lr: Tensor, ts: Sequence[float]) -> list[Tensor]:
+        """x_LR (B, 3, h, w) in [0, 1], any h, w → one SR batch (B, 3, 4h, 4w) in [0, 1] (float32, on the device)
+        per t in ``ts``; z0 is computed once for all t."""
+        ts = check_t_values(self.model, ts)
+        x = x_lr.to(self.device, torch.float32)
+        h, w = x.shape[-2:]
+        m = self.pad_multiple
+        pad = (0, (-w) % m, 0, (-h) % m)
+        if any(pad):
+            mode = "reflect" if pad[1] < w and pad[3] < h else "replicate"
+            x_pad = F.pad(x, pad, mode=mode)
+        else:
+            x_pad = x
+        gen, outs = self.model.generator, []
+        with tiled_inference(gen, **self.tiling):
+            with _running(gen, self.teacher_unet):
+                z0 = gen.latent(x_pad.to(self.dtype), sample=False)         # z0 = G_TS(x_LR), DESIGN §6
+            for t in ts:                                                     # z0 once for every t
+                with _running(gen, self.teacher_unet if self.student_unet is None else self.student_unet):
+                    z = self.model.controlled_latent(z0, t)                  # z(t) = z0 + t·ε_S(z0, τ(t))
+                outs.append((gen.decode(z) + 1) / 2)
+        reference = None
+        if self.color != "none":
+            reference = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+        return [color_fix(o[..., : 4 * h, : 4 * w], reference, self.color) for o in outs]
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    source: Path
+    outputs: dict[float, Path] = field(default_factory=dict)  # t → file still to write
+
+
+def t_suffix(t: float) -> str:
+    return f"_t{t:g}"
+
+
+def _save_options(ext: str, quality: int) -> dict:
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(ext.lower())
+    if fmt is None:
+        raise ConfigError(f"OUTPUT: no image format for the extension '{ext}' (use one of "
+                          f"{', '.join(IMAGE_EXTENSIONS)})")
+    options = {"format": fmt}
+    if fmt in ("JPEG", "WEBP"):
+        options["quality"] = quality
+    if fmt == "JPEG":
+        options["subsampling"] = 0  # 4:4:4: chroma subsampling would undo part of the ×4
+    return options
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def plan_jobs(source: Path, output: Path, ts: list[float], fmt: str, overwrite: bool) -> tuple[list[Job], int]:
+    """Which file to write for which input and t; refuses to write into the input folder or over the input.
+    Returns the jobs with outputs left to write, and the number of outputs kept because they exist."""
+    if not source.exists():
+        raise ConfigError(f"INPUT: '{source}' does not exist")
+    several = len(ts) > 1
+    if source.is_dir():
+        files = list_images(source)
+        if not files:
+            raise ConfigError(f"INPUT: no images in '{source}' (extensions {', '.join(IMAGE_EXTENSIONS)})")
+        if _inside(output.resolve(), source.resolve()):
+            raise ConfigError(f"OUTPUT: '{output}' is the input folder or inside it; the input folder is never "
+                              f"written to, choose another OUTPUT")
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"OUTPUT: '{output}' is a file; with a folder as INPUT, OUTPUT is a folder")
+        targets = {}
+        for f in files:
+            ext = f.suffix if fmt == "keep" else ".png"
+            base = output / f.relative_to(source).parent
+            targets[f] = {t: base / f"{f.stem}{t_suffix(t) if several else ''}{ext}" for t in ts}
+    else:
+        files = [source]
+        if output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir():
+            stem, ext, base = output.stem, output.suffix, output.parent
+        else:
+            stem, ext, base = source.stem, source.suffix if fmt == "keep" else ".png", output
+        targets = {source: {t: base / f"{stem}{t_suffix(t) if several else ''}{ext}" for t in ts}}
+        if any(p.resolve() == source.resolve() for p in targets[source].values()):
+            raise ConfigError(f"OUTPUT: '{output}' would overwrite the input image")
+    seen: dict[Path, Path] = {}
+    for f, outs in targets.items():
+        for p in outs.values():
+            if p in seen:
+                raise ConfigError(f"OUTPUT: '{seen[p]}' and '{f}' would both be written to '{p}' (use --format keep)")
+            seen[p] = f
+            _save_options(p.suffix, 95)  # an unknown extension fails here, before any work
+    jobs, kept = [], 0
+    for f, outs in targets.items():
+        todo = {t: p for t, p in outs.items() if overwrite or not p.exists()}
+        kept += len(outs) - len(todo)
+        if todo:
+            jobs.append(Job(f, todo))
+    return jobs, kept
+
+
+def _peek_size(path: Path) -> tuple[int, int]:
+    """(h, w) from the file header, upright; (0, 0) when the header is unreadable (the read reports why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
+                w, h = h, w
+            return h, w
+    except Exception:  # noqa: BLE001 — any failure here is reported, with its reason, when the image is read
+        return 0, 0
+
+
+def _write(x: Tensor, path: Path, quality: int) -> None:
+    """Write through a temporary file, so an interrupted run leaves no half-written image."""
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        write_image(x, tmp, **_save_options(path.suffix, quality))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ctsr upscale",
+        description="Super-resolve images ×4 with a trained CTSR model at one or several control values t "
+        "(0 = realness end, 1 = fidelity end). Any image size (tiled); existing outputs are kept unless --overwrite.",
+    )
+    p.add_argument("input", type=Path, help="an image file, or a folder (searched recursively)")
+    p.add_argument("output", type=Path, help="output file (for one input file) or folder; never inside INPUT")
+    p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, or a stage-2 (or stage-1) .ckpt")
+    p.add_argument("--t", type=float, nargs="+", default=[0.0], metavar="T",
+                   help="control value(s) in [0, 1], default 0; several write <name>_t<T>.<ext> each")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="default auto: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images of equal size per network call (default 1); tiles per call: as many pixels")
+    p.add_argument("--tile", type=int, default=96,
+                   help="UNet tile side in latent pixels, ×8 in the output (default 96); 0: none")
+    p.add_argument("--tile-overlap", type=int, default=32, help="overlap of UNet tiles in latent pixels (default 32)")
+    p.add_argument("--vae-tile", type=int, default=256,
+                   help="VAE encoder/decoder tile side in latent pixels (default 256 = 2048 output px); 0: none")
+    p.add_argument("--vae-overlap", type=int, default=32, help="overlap of VAE tiles in latent pixels (default 32)")
+    p.add_argument("--color", default="adain", choices=COLOR_FIXES,
+                   help="colour correction against the bicubic-upscaled input (default adain, as OSEDiff)")
+    p.add_argument("--format", default="png", choices=["png", "keep"],
+                   help="format of files written into a folder: png (default) or keep the input's")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality when writing those formats (default 95)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (long runs, equal sizes)")
+    p.add_argument("--control-steps", type=int, default=None,
+                   help="K of the K-step control integration (default: the value stored in the model)")
+    p.add_argument("--pretrained", default=None, help="override the SD 2.1-base location stored in the model file")
+    p.add_argument("--osediff-lora", default=None, help="override the OSEDiff LoRA file stored in the model file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    from ctsr.models.export import load_model
+
+    args = build_parser().parse_args(argv)
+    check(1 <= args.quality <= 100, "--quality", f"must lie in [1, 100], got {args.quality}")
+    check(args.control_steps is None or args.control_steps >= 1, "--control-steps",
+          f"must be ≥ 1, got {args.control_steps}")
+    ts = check_t_values(None, args.t)
+    jobs, kept = plan_jobs(args.input, args.output, ts, args.format, args.overwrite)
+    hint = " (use --overwrite to replace them)" if kept else ""
+    if not jobs:
+        print(f"ctsr upscale: nothing to do, all {kept} output file(s) exist{hint}")
+        return 0
+    device = resolve_device(args.device)  # before loading: a wrong device fails fast
+    model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
+    check_t_values(model, ts)
+    if args.control_steps is not None:
+        model.control_steps = args.control_steps
+    upscaler = Upscaler(model, str(device), args.precision, args.tile, args.tile_overlap, args.vae_tile,
+                        args.vae_overlap, args.color, args.batch_size, args.compile)
+
+    # equal sizes go through the network together; the header tells the size without decoding the image
+    jobs.sort(key=lambda j: _peek_size(j.source))
+    failed: list[tuple[Path, str]] = []
+    done = written = 0
+    bar = tqdm(total=len(jobs), unit="img", desc="upscale", disable=not args.input.is_dir(), file=sys.stderr)
+
+    def fail(job: Job, reason: str) -> None:
+        failed.append((job.source, reason))
+        tqdm.write(f"ctsr upscale: skipped {job.source}: {reason}", file=sys.stderr)
+
+    i = 0
+    while i < len(jobs):
+        group: list[tuple[Job, Tensor]] = []
+        while i < len(jobs) and len(group) < args.batch_size:
+            job = jobs[i]
+            i += 1
+            try:
+                image = read_image(job.source)
+            except UnreadableImage as err:
+                fail(job, err.reason)
+                bar.update(1)
+                continue
+            if group and (image.shape != group[0][1].shape or set(job.outputs) != set(group[0][0].outputs)):
+                i -= 1  # another size (or other t still to write): starts the next batch
+                break
+            group.append((job, image))
+        if not group:
+            continue
+        ts_group = [t for t in ts if t in group[0][0].outputs]
+        try:
+            results = upscaler(torch.stack([image for _, image in group]), ts_group)
+        except RuntimeError as err:  # one batch too large (or one odd image) must not end the run
+            if os.environ.get("CTSR_TRACEBACK"):
+                raise
+            reason = describe(err)
+            if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err):
+                reason += " (lower --batch-size, --tile or --vae-tile)"
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            for job, _ in group:
+                fail(job, reason)
+            bar.update(len(group))
+            continue
+        for k, (job, _) in enumerate(group):
+            try:
+                for t, sr in zip(ts_group, results):
+                    job.outputs[t].parent.mkdir(parents=True, exist_ok=True)
+                    _write(sr[k], job.outputs[t], args.quality)
+                    written += 1
+                done += 1
+            except OSError as err:
+                fail(job, f"could not write: {describe(err)}")
+        bar.update(len(group))
+    bar.close()
+
+    summary = f"ctsr upscale: {done} of {len(jobs)} image(s) upscaled, {written} file(s) written to {args.output}"
+    if kept:
+        summary += f"; {kept} existing output file(s) kept{hint}"
+    if failed:
+        summary += f"; {len(failed)} failed: " + ", ".join(str(p) for p, _ in failed[:5])
+        summary += " …" if len(failed) > 5 else ""
+    print(summary)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except CTSRError as err:
+        print(f"ctsr upscale: error: {err}", file=sys.stderr)
+        sys.exit(2)
