@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset

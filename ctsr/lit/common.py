@@ -1,7 +1,6 @@
 """What both LightningModules share: LoRA-only checkpoints and a per-rank noise generator."""
 from __future__ import annotations
 
-import lightning as L
 import torch
 
 from ctsr.errors import ConfigError
@@ -52,6 +51,3 @@ def adamw(params, lr: float, betas: tuple[float, float], weight_decay: float) ->
     if not params:
         raise ConfigError("the model has no trainable parameters (check lora_rank)")
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-
-
-LightningModule = L.LightningModule
