@@ -14,16 +14,14 @@ import torch
 
 from ctsr.metrics import MetricSuite
 from ctsr.models.control import ControllableSR
+from ctsr.models import configs
 from ctsr.models.generator import OneStepGenerator
 
 T = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 
 def build(size: str, device: str) -> ControllableSR:
-    if size == "tiny":
-        gen = OneStepGenerator("tiny")
-    else:  # random-init SD 2.1-base architecture needs the configs: use the real folder/hub id if present
-        gen = OneStepGenerator("stabilityai/stable-diffusion-2-1-base")
+    gen = OneStepGenerator("tiny" if size == "tiny" else configs.SD21_RANDOM)  # random init, no weights needed
     return ControllableSR.from_stage1(gen, None).to(device).eval()
 
 

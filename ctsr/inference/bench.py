@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -26,52 +25,6 @@ from torch import Tensor, nn
 from ctsr.errors import CTSRError, check
 from ctsr.inference.upscale import PRECISIONS, REFERENCE_CELLS, Upscaler, resolve_device
 
-# stabilityai/stable-diffusion-2-1-base, unet/config.json and vae/config.json (diffusers defaults left out)
-SD21_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024,
-    attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True,
-    norm_num_groups=32,
-    norm_eps=1e-5,
-    act_fn="silu",
-    flip_sin_to_cos=True,
-    freq_shift=0,
-    downsample_padding=1,
-    mid_block_scale_factor=1,
-    upcast_attention=False,
-)
-SD21_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-    act_fn="silu",
-    sample_size=768,
-    scaling_factor=0.18215,
-)
-# text_encoder/config.json (OpenCLIP ViT-H/14 text tower): counted for Table 8, not run (the prompt is encoded once)
-SD21_TEXT = dict(
-    vocab_size=49408,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=23,
-    num_attention_heads=16,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    projection_dim=512,
-    layer_norm_eps=1e-5,
-)
 PAPER_TABLE8_CTSR = "1775 / 8.5"  # total / trainable, M (the paper counts as OSEDiff does, with its prompt extractor)
 
 
@@ -81,41 +34,6 @@ def _numel(module: nn.Module, lora: bool | None = None) -> int:
 
 
 # -- the two graphs ----------------------------------------------------------------------------------------------
-def _sd21_parts(device: torch.device):
-    """Random-init SD 2.1-base UNet and VAE, built directly on ``device``; a one-layer text encoder of the same
-    width stands in for the 23-layer one (only its (1, 77, 1024) output is used, once)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from ctsr.models import configs
-    from ctsr.models.loading import SDComponents
-
-    with torch.device(device):
-        unet = UNet2DConditionModel(**SD21_UNET)
-        vae = AutoencoderKL(**SD21_VAE)
-    text = CLIPTextModel(CLIPTextConfig(**{**SD21_TEXT, "num_hidden_layers": 1, "vocab_size": configs.tiny_vocab_size(),
-                                           "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}))
-    import tempfile
-    from pathlib import Path
-
-    folder = configs.write_tiny_tokenizer(Path(tempfile.gettempdir()) / "ctsr-tiny-tokenizer")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    return SDComponents(unet, vae, text, tokenizer)
-
-
-@contextmanager
-def _random_sd21(device: torch.device):
-    """``OneStepGenerator(...)`` builds random-init SD 2.1-base networks inside the block (nothing is downloaded)."""
-    import ctsr.models.generator as generator_module
-
-    original = generator_module.load_sd_components
-    generator_module.load_sd_components = lambda pretrained, seed=0, **kw: _sd21_parts(device)
-    try:
-        yield
-    finally:
-        generator_module.load_sd_components = original
-
-
 def build(size: str, device: torch.device, seed: int = 0):
     """(controllable model, bare UNet, bare VAE, context, Table-8 counts) for ``size`` ``tiny`` or ``sd21``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -132,12 +50,11 @@ def build(size: str, device: torch.device, seed: int = 0):
     else:
         from transformers import CLIPTextConfig, CLIPTextModel
 
-        with _random_sd21(device):
-            gen = OneStepGenerator("random-init-sd21", seed=seed)
-        with torch.device("meta"):
-            text_params = _numel(CLIPTextModel(CLIPTextConfig(**SD21_TEXT)))
+        gen = OneStepGenerator(configs.SD21_RANDOM, seed=seed)
+        with torch.device("meta"):  # the real 23-layer text tower, counted for Table 8 (the build uses 1 layer)
+            text_params = _numel(CLIPTextModel(CLIPTextConfig(**configs.SD21_TEXT)))
         with torch.device(device):
-            bare_unet, bare_vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
+            bare_unet, bare_vae = UNet2DConditionModel(**configs.SD21_UNET), AutoencoderKL(**configs.SD21_VAE)
     stage1_trainable = _numel(gen, lora=True)  # UNet + VAE-encoder LoRA, what stage 1 trains
     model = ControllableSR.from_stage1(gen)     # merges the stage-1 UNet LoRA, adds the control LoRA
     with torch.no_grad():

@@ -12,6 +12,7 @@ from pathlib import Path
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
 VAE_SCALING_FACTOR = 0.18215
 TINY = "tiny"
+SD21_RANDOM = "sd21-random"  # the SD 2.1-base architecture, random init (benchmarks without weights)
 
 TINY_UNET = dict(
     sample_size=8,
@@ -47,9 +48,55 @@ TINY_TEXT = dict(
     num_attention_heads=4,
     max_position_embeddings=77,
     projection_dim=32,
-    bos_token_id=512,  # ids of <|startoftext|> / <|endoftext|> in the tiny vocabulary below
-    eos_token_id=513,
-    pad_token_id=513,
+)
+
+
+# stabilityai/stable-diffusion-2-1-base, unet/config.json and vae/config.json (diffusers defaults left out)
+SD21_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    upcast_attention=False,
+)
+SD21_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    act_fn="silu",
+    sample_size=768,
+    scaling_factor=0.18215,
+)
+# text_encoder/config.json (OpenCLIP ViT-H/14 text tower). `sd21-random` builds it with one layer: only its
+# (1, 77, 1024) output is used, once; the full tower is counted for Table 8.
+SD21_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=512,
+    layer_norm_eps=1e-5,
 )
 
 

@@ -29,16 +29,17 @@ class SDComponents:
     tokenizer: object
 
 
-def _tiny_components(seed: int = 0) -> SDComponents:
+def _random_components(unet_config: dict, vae_config: dict, text_config: dict, seed: int = 0) -> SDComponents:
+    """Random-init networks of the real classes and the character-level CLIP tokenizer (``tiny``, ``sd21-random``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     g = torch.random.fork_rng()
     with g:
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**configs.TINY_UNET)
-        vae = AutoencoderKL(**configs.TINY_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=configs.tiny_vocab_size(), **configs.TINY_TEXT))
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**vae_config)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     tok_dir = configs.write_tiny_tokenizer(Path(tempfile.gettempdir()) / "ctsr-tiny-tokenizer")
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
     return SDComponents(unet, vae, text_encoder, tokenizer)
@@ -77,9 +78,13 @@ def load_part(source: str, subfolder: str, loader, what: str, local_files_only: 
 def load_sd_components(
     pretrained: str = configs.SD21_BASE, local_files_only: bool | None = None, seed: int = 0
 ) -> SDComponents:
-    """UNet, VAE, CLIP text encoder and tokenizer of SD 2.1-base (or the tiny variant)."""
+    """UNet, VAE, CLIP text encoder and tokenizer of SD 2.1-base (or ``tiny`` / ``sd21-random``, random init)."""
+    tiny_vocab = dict(vocab_size=configs.tiny_vocab_size(), bos_token_id=512, eos_token_id=513, pad_token_id=513)
     if pretrained == configs.TINY:
-        return _tiny_components(seed)
+        return _random_components(configs.TINY_UNET, configs.TINY_VAE, {**configs.TINY_TEXT, **tiny_vocab}, seed)
+    if pretrained == configs.SD21_RANDOM:
+        text = {**configs.SD21_TEXT, **tiny_vocab, "num_hidden_layers": 1}
+        return _random_components(configs.SD21_UNET, configs.SD21_VAE, text, seed)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
