@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "data"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a loaded 2-core machine run several times faster on one thread (no OpenMP contention);
+    modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     from make_samples import write_samples

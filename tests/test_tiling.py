@@ -22,13 +22,7 @@ from ctsr.models.control import ControllableSR
 from ctsr.models.generator import OneStepGenerator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a loaded 2-core machine run several times faster on one thread (no OpenMP contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lr(h=24, w=40):
