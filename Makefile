@@ -45,7 +45,7 @@ toy: $(STAMP) ## mechanism lab: the paper's claims measured in a toy world on th
 	$(BIN)/python -m ctsr.toy.lab --out results/toy
 
 bench-degrade: $(STAMP) ## benchmark: batched Real-ESRGAN degradation vs a per-sample loop (16 × 512²)
-	$(BIN)/python benchmarks/bench_degrade.py --batch 16 --size 512
+	$(BIN)/python benchmarks/bench_degrade.py --batch 16 --size 512 --ablate
 
 bench-sweep: $(STAMP) ## benchmark: t sweep with z0 reused vs separate single-t evaluations
 	$(OFFLINE) $(BIN)/python benchmarks/bench_sweep.py

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from ctsr.data import degradations
 from ctsr.data.degradations import RealESRGANDegradation
 
 
@@ -37,8 +38,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="HR side (square crops)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-groups", type=int, default=4, help="RealESRGANDegradation(max_groups=...)")
+    parser.add_argument("--max-groups", type=int, default=None, help="RealESRGANDegradation(max_groups=...); default: the module's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ablate", action="store_true",
+        help="also time the batched path with the first session's settings (4 groups, one JPEG call per step)",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -55,9 +60,23 @@ def main() -> None:
         for b in range(args.batch):
             module.apply(hr[b : b + 1], params.select([b]), g)
 
+    old_module = RealESRGANDegradation(max_groups=4).to(device)
+
+    def batched_old() -> None:
+        chunk = degradations.JPEG_CPU_CHUNK_PIXELS
+        degradations.JPEG_CPU_CHUNK_PIXELS = 1 << 62
+        try:
+            old_module.apply(hr, params, torch.Generator(device=device).manual_seed(args.seed))
+        finally:
+            degradations.JPEG_CPU_CHUNK_PIXELS = chunk
+
     batched(), per_sample()  # warm-up: kornia's DCT basis, the allocator, cuDNN's choices
-    # the two alternate, so a shared host's load drifts over both alike; the ratio is the median of the pairs'
-    runs = [(_timed(batched, device), _timed(per_sample, device)) for _ in range(args.repeats)]
+    # the paths alternate, so a shared host's load drifts over all alike; ratios are medians of the pairs'
+    runs, old = [], []
+    for _ in range(args.repeats):
+        runs.append((_timed(batched, device), _timed(per_sample, device)))
+        if args.ablate:
+            old.append(_timed(batched_old, device)[0])
     t_batched, cpu_batched = (statistics.median(r[0][i] for r in runs) for i in (0, 1))
     t_loop, cpu_loop = (statistics.median(r[1][i] for r in runs) for i in (0, 1))
     ratio = statistics.median(r[1][0] / r[0][0] for r in runs)
@@ -70,6 +89,10 @@ def main() -> None:
     print(f"batched     {1000 * t_batched:10.1f} ms/batch  {args.batch / t_batched:8.2f} images/s  (CPU {cpu_batched:.2f} s)")
     print(f"per-sample  {1000 * t_loop:10.1f} ms/batch  {args.batch / t_loop:8.2f} images/s  (CPU {cpu_loop:.2f} s)")
     print(f"speed-up (per-sample / batched, median of {args.repeats} pairs): {ratio:.2f}x wall, {ratio_cpu:.2f}x CPU time")
+    if args.ablate:
+        t_old = statistics.median(old)
+        gain = statistics.median(o / r[0][0] for o, r in zip(old, runs))
+        print(f"batched, 4 groups + one JPEG call {1000 * t_old:10.1f} ms/batch; current settings {gain:.2f}x faster")
 
 
 if __name__ == "__main__":

@@ -393,6 +393,19 @@ def test_jpeg_on_a_canvas_codes_each_sample_as_alone():
             assert 0 < diff.max() < 6 / 255
 
 
+def test_cpu_jpeg_chunks_change_no_value(monkeypatch):
+    """On a CPU ``jpeg`` codes the batch in cache-sized chunks: the bytes equal those of one call."""
+    from ctsr.data import degradations
+
+    img = torch.stack([photo(48, 64, *c) for c in (("astronaut", 0, 0), ("coffee", 30, 90), ("rocket", 80, 40))])
+    sizes, quality = ([48, 40, 33], [64, 64, 50]), torch.tensor([35.0, 60.0, 90.0])
+    monkeypatch.setattr(degradations, "JPEG_CPU_CHUNK_PIXELS", 1 << 40)
+    whole = jpeg(img, sizes, quality)
+    monkeypatch.setattr(degradations, "JPEG_CPU_CHUNK_PIXELS", 2 * 48 * 64)  # chunks of 2, then 1
+    chunked = jpeg(img, sizes, quality)
+    assert chunked.shape == whole.shape and (chunked - whole).abs().max() < 1e-5
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # batched operations on a ragged canvas against per-sample PyTorch / numpy
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,7 +445,7 @@ def test_ragged_blur_matches_numpy_reflect_per_sample():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("max_groups", [1, 5])
+@pytest.mark.parametrize("max_groups", [1, 5, None])
 def test_reference_loop_agrees_for_fixed_parameters(max_groups):
     module = RealESRGANDegradation(max_groups=max_groups)
     hr = hr_batch(64, 48)
