@@ -14,15 +14,24 @@ them: z0 from the UNet over overlapping tiles, then each control step over tiles
 tiled decode.
 
 Exactness. Where the whole latent fits in one tile the network is called as it is: the untiled model, bit for bit.
-For networks whose receptive field fits in a quarter of the overlap the tiled result equals the untiled one to float
-precision (``tests/test_tiling.py``: 3e-6 with local stand-ins in the tiny model). SD's networks are not local:
-GroupNorm statistics and self-attention are computed per tile and the UNet's receptive field is wider than any
-practical overlap, so tiles are an approximation whose error has to be judged on real weights. On the random-init
-tiny model it is large everywhere (0.17 mean of a [0, 1] range at 8/4 tiles), because at that scale every
-network spans the whole image; it is no larger along the seams than elsewhere (ratio 1.2). Tile sizes are options:
-larger tiles, fewer approximations. Defaults: UNet 96/32 (OSEDiff's), VAE 256/32 latent px (2048 output px, so up
-to 2048×2048 the VAE is not tiled; measured on the CPU, the SD VAE decoder peaks at 3 KB per output pixel in fp32:
-about 6.4 GB in bf16 at 2048², encoder 2.5 KB).
+Otherwise three things separate a tiled network from the untiled one:
+
+* GroupNorm statistics. Per tile, each tile is normalised by its own mean and variance: on the random-init tiny
+  model that alone gives visible per-tile shifts. By default (``shared_norms``) the tiles of a network call run in
+  lock step and every GroupNorm uses the image's statistics, pooled over the cells each tile owns
+  (:class:`_SharedGroupNorms`, the idea of the "tiled VAE" of multidiffusion-upscaler that OSEDiff ships, done here
+  without re-writing the networks layer by layer).
+* Self-attention, computed within a tile.
+* The receptive field beyond the part of a tile that counts in the blend (overlap/2 from its edge).
+
+Measured on the tiny model (``tests/test_tiling.py``, LR 96×160, tiles 32/16 latent px, t = 0.5, mean |Δ| of a
+[0, 1] image): per-tile norms 0.089, shared norms 0.022; without self-attention (same classes, ``only_cross_attention``
+UNet, no VAE mid-block attention) the tiled VAE equals the untiled one to 3e-4 (max 2.3/255) and the UNet's error
+falls with the tile size as its receptive field fits (0.0087 at 32/16, 0.0014 at 64/48). SD's UNet has a receptive
+field wider than any practical overlap, so its tiles remain an approximation to be judged on real weights; tile
+sizes are options (larger tiles, fewer approximations). Defaults: UNet 96/32 (OSEDiff's), VAE 256/32 latent px
+(2048 output px, so up to 2048×2048 the VAE is not tiled; measured on the CPU, the SD VAE decoder peaks at 3 KB per
+output pixel in fp32: about 6.4 GB in bf16 at 2048², encoder 2.5 KB).
 
 Weights: a Gaussian, σ = 0.1·tile (MultiDiffusion, OSEDiff: e^-12.5 at the tile edge), cut to 0 on the outermost
 overlap/4 of each side that borders another tile — the pixels a tile's edge spoils — so that its tail does not
@@ -31,19 +40,19 @@ let them back in.
 Why not ``AutoencoderKL.enable_tiling()``: its tile size comes from the config's ``sample_size`` (768 px for
 SD 2.1-base; changing it means setting undocumented attributes), the last row and column of tiles are cut short at
 the image border (a thin sliver is encoded on its own, with its own GroupNorm statistics), it blends linearly over
-a quarter of a tile, and it covers the VAE only. Here one routine serves the three networks, every tile is full
-size (the grid is spread evenly, the last tile ends at the border), tile starts keep the UNet's downsampling phase,
-and tile sizes are options. Neither shares GroupNorm statistics across tiles (the "tiled VAE" of
-multidiffusion-upscaler does, at the cost of running the network layer by layer over all tiles).
+a quarter of a tile, normalises per tile, and covers the VAE only. Here one routine serves the three networks, every
+tile is full size (the grid is spread evenly, the last tile ends at the border), tile starts keep the UNet's
+downsampling phase, the norms are shared, and tile sizes are options.
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+import threading
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ctsr.errors import check
 
@@ -78,6 +87,158 @@ def gaussian_weights(height: int, width: int, sigma: float = GAUSSIAN_SIGMA, dev
     return torch.outer(axis(height), axis(width)).float().to(device)
 
 
+def owned_spans(starts: list[int], tile: int, size: int) -> list[tuple[int, int]]:
+    """Tile-local [lo, hi) of the cells each tile owns: the overlaps are split at their middle, so the spans of all
+    tiles partition [0, size) and each cell is counted once in statistics pooled over tiles."""
+    cuts = [0] + [(b + a + tile) // 2 for a, b in zip(starts, starts[1:])] + [size]
+    return [(lo - a, hi - a) for a, lo, hi in zip(starts, cuts, cuts[1:])]
+
+
+class _TileGroup:
+    """The tiles of one network call in a lock-step run: their samples and owned spans (in tile-local cells)."""
+
+    def __init__(self, samples: list[int], spans: list[tuple[int, int, int, int]], cells: tuple[int, int]) -> None:
+        self.samples, self.spans, self.cells = samples, spans, cells
+        self._masks: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._index: dict[torch.device, Tensor] = {}
+
+    def sample_index(self, device: torch.device) -> Tensor:
+        if device not in self._index:
+            self._index[device] = torch.tensor(self.samples, device=device)
+        return self._index[device]
+
+    def mask(self, height: int, width: int, device: torch.device) -> Tensor:
+        """``_mask``, kept per layer size (the decoder's layers repeat sizes)."""
+        key = (height, width, device)
+        if key not in self._masks:
+            self._masks[key] = self._mask(height, width, device)
+        return self._masks[key]
+
+    def _mask(self, height: int, width: int, device: torch.device) -> Tensor:
+        """(N, height·width) float32: 1 on each tile's owned cells, at a layer of height × width over the tile.
+
+        A layer at s× the cell grid maps cell span [lo, hi) to [⌊lo·s⌋, ⌊hi·s⌋): tile starts are multiples of the
+        UNet's downsampling (and of 1 for the VAE, whose layers lie at 1–8 px per cell), so ``start·s`` is whole and
+        the spans of neighbouring tiles still meet exactly."""
+        sy, sx = height / self.cells[0], width / self.cells[1]
+        rows = torch.arange(height, device=device)
+        cols = torch.arange(width, device=device)
+        out = []
+        for r0, r1, c0, c1 in self.spans:
+            in_rows = (rows >= math.floor(r0 * sy)) & (rows < math.floor(r1 * sy))
+            in_cols = (cols >= math.floor(c0 * sx)) & (cols < math.floor(c1 * sx))
+            out.append((in_rows[:, None] & in_cols[None, :]).reshape(-1))
+        return torch.stack(out).float()
+
+
+class _SharedGroupNorms:
+    """Runs several network calls over tiles in lock step so that every ``nn.GroupNorm`` of ``network`` normalises
+    with the statistics of the whole image — pooled over the cells each tile owns — instead of each tile's own.
+
+    Each call runs in its own thread holding a baton, so one computes at a time (memory for temporaries is that of
+    one call). At a GroupNorm a call contributes its tiles' partial statistics (count, mean and sum of squared
+    deviations over the owned cells, per sample and group), hands the baton on and waits at a barrier; the last to
+    arrive pools them per image (Chan's parallel formula, float64), and all go on with the image's mean and variance.
+    The activations of every call stay alive meanwhile: memory about that of the untiled network's activations at
+    one layer, the price of consistent normalisation (``shared_norms=False`` gives per-tile statistics).
+    """
+
+    def __init__(self, network: nn.Module, groups: list[_TileGroup]) -> None:
+        self.norms = [m for m in network.modules() if isinstance(m, nn.GroupNorm)]
+        self.groups = groups
+        self.images = max(max(g.samples) for g in groups) + 1  # known on the host: pooling never waits for the device
+        self.local = threading.local()
+        self.baton = threading.Lock()
+        self.barrier = threading.Barrier(len(groups), action=self._pool)
+        self.partials: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self._last: tuple[Tensor, Tensor] | None = None
+
+    # -- the norms ----------------------------------------------------------------------------------------------
+    def _norm(self, norm: nn.GroupNorm, x: Tensor) -> Tensor:
+        k = getattr(self.local, "call", None)
+        if k is None or x.ndim not in (3, 4):  # another thread, or a shape without a tile grid: as it is
+            return nn.GroupNorm.forward(norm, x)
+        group = self.groups[k]
+        n, c = x.shape[:2]
+        if x.ndim == 4:
+            height, width = x.shape[2:]
+        else:  # attention's (N, C, H·W) tokens, row-major over the tile
+            scale = math.sqrt(x.shape[2] / (group.cells[0] * group.cells[1]))
+            height, width = round(group.cells[0] * scale), round(group.cells[1] * scale)
+            if height * width != x.shape[2]:
+                return nn.GroupNorm.forward(norm, x)
+        g = norm.num_groups
+        # per tile and group: count, sum and sum of squares over the owned cells (float32 elementwise sums, not a
+        # matmul that TF32 could round), then mean and squared deviations in float64
+        v = x.reshape(n, c, height * width).float()
+        vm = v * group.mask(height, width, x.device)[:, None, :]
+        s1 = vm.sum(-1).view(n, g, -1).sum(-1).double()
+        s2 = (vm * v).sum(-1).view(n, g, -1).sum(-1).double()
+        del v, vm
+        count = (group.mask(height, width, x.device).sum(-1).double() * (c // g))[:, None].expand(n, g)
+        mean = s1 / count.clamp(min=1)
+        m2 = (s2 - count * mean**2).clamp(min=0)
+        samples = group.sample_index(x.device)
+        self.partials[k] = (samples, count, mean, m2)
+        self.baton.release()
+        try:
+            self.barrier.wait()
+        finally:
+            self.baton.acquire()
+        image_mean, image_var = self._last  # stays until every call has read it: the next pool waits for all
+        # y = (x − μ)/√(σ² + ε)·γ + β as one x·a + b per channel, computed in float32
+        a = torch.rsqrt(image_var[samples] + norm.eps).repeat_interleave(c // g, dim=1)   # (n, C)
+        b = -image_mean[samples].repeat_interleave(c // g, dim=1) * a
+        if norm.affine:
+            a, b = a * norm.weight.double(), b * norm.weight.double() + norm.bias.double()
+        shape = (n, c) + (1,) * (x.ndim - 2)
+        return torch.addcmul(b.float().view(shape), x, a.float().view(shape)).to(x.dtype)
+
+    def _pool(self) -> None:
+        """Barrier action: the image statistics from every call's partials (per sample and group)."""
+        samples, count, mean, m2 = (torch.cat([self.partials[k][i] for k in sorted(self.partials)])
+                                    for i in range(4))
+        n_img = self.images
+        g = count.shape[1]
+        total = torch.zeros(n_img, g, dtype=torch.float64, device=count.device).index_add_(0, samples, count)
+        image_mean = torch.zeros_like(total).index_add_(0, samples, count * mean) / total.clamp(min=1)
+        spread = m2 + count * (mean - image_mean[samples]) ** 2
+        image_var = torch.zeros_like(total).index_add_(0, samples, spread) / total.clamp(min=1)
+        self._last = (image_mean, image_var)
+        self.partials.clear()
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def run(self, calls: list[Callable[[], Tensor]]) -> list[Tensor]:
+        """Results of ``calls`` (one per tile group), each run with the shared norms."""
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+        results: list[Tensor | None] = [None] * len(calls)
+        errors: list[BaseException] = []
+
+        def worker(k: int) -> None:
+            self.local.call = k
+            with self.baton, torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                try:
+                    results[k] = calls[k]()
+                except BaseException as error:  # noqa: BLE001 — re-raised in the caller's thread below
+                    errors.append(error)
+                    self.barrier.abort()
+
+        with ExitStack() as stack:
+            for norm in self.norms:  # an instance attribute shadows nn.GroupNorm.forward for this block
+                norm.forward = lambda x, norm=norm: self._norm(norm, x)
+                stack.callback(delattr, norm, "forward")
+            # compiled graphs cannot wait at a barrier: run the networks eagerly (no-op when nothing is compiled)
+            stack.enter_context(torch.compiler.set_stance("force_eager"))
+            threads = [threading.Thread(target=worker, args=(k,), name=f"ctsr-tile-{k}") for k in range(len(calls))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if errors:
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+        return results  # type: ignore[return-value]
+
+
 def tiled_map(
     fn: Callable[[Tensor, Tensor], Tensor],
     x: Tensor,
@@ -89,6 +250,7 @@ def tiled_map(
     align: int = 1,
     max_cells: int = 0,
     sigma: float = GAUSSIAN_SIGMA,
+    shared_norms: nn.Module | None = None,
 ) -> Tensor:
     """Apply ``fn`` to overlapping tiles of ``x`` and blend the results with Gaussian weights.
 
@@ -103,6 +265,9 @@ def tiled_map(
     Weights: a Gaussian over the tile (σ = ``sigma``·tile), set to 0 on the outermost ``overlap/4`` cells of each
     side that borders another tile (never more than half the narrowest overlap, so every pixel keeps a tile that
     counts). Those cells are the ones the tile's edge spoils; the Gaussian's tail would otherwise still let them in.
+
+    ``shared_norms``: the network ``fn`` runs; its GroupNorms then use each image's statistics pooled over all its
+    tiles (see :class:`_SharedGroupNorms`) instead of each tile's own.
     """
     b, _, h_in, w_in = x.shape
     hc, wc = h_in // scale_in, w_in // scale_in
@@ -130,12 +295,23 @@ def tiled_map(
 
     weights = {(r, c): weight(r, c) for r in rows for c in cols}
     jobs = [(r, c, i) for r in rows for c in cols for i in range(b)]
-    out = weight_sum = None
-    for start in range(0, len(jobs), batch):
-        chunk = jobs[start : start + batch]
+    chunks = [jobs[start : start + batch] for start in range(0, len(jobs), batch)]
+
+    def call(chunk: list[tuple[int, int, int]]) -> Tensor:
         tiles = torch.cat([x[i : i + 1, :, r * scale_in : (r + th) * scale_in, c * scale_in : (c + tw) * scale_in]
                            for r, c, i in chunk])
-        y = fn(tiles, torch.tensor([i for _, _, i in chunk], device=x.device))
+        return fn(tiles, torch.tensor([i for _, _, i in chunk], device=x.device))
+
+    if shared_norms is not None:
+        row_span = dict(zip(rows, owned_spans(rows, th, hc)))
+        col_span = dict(zip(cols, owned_spans(cols, tw, wc)))
+        groups = [_TileGroup([i for _, _, i in chunk], [(*row_span[r], *col_span[c]) for r, c, _ in chunk], (th, tw))
+                  for chunk in chunks]
+        ys = iter(_SharedGroupNorms(shared_norms, groups).run([lambda chunk=chunk: call(chunk) for chunk in chunks]))
+    else:
+        ys = (call(chunk) for chunk in chunks)
+    out = weight_sum = None
+    for chunk, y in zip(chunks, ys):
         if out is None:
             out = torch.zeros(b, y.shape[1], hc * scale_out, wc * scale_out, device=x.device, dtype=torch.float32)
             weight_sum = torch.zeros(hc * scale_out, wc * scale_out, device=x.device, dtype=torch.float32)
@@ -167,6 +343,7 @@ def tiled_inference(
     vae_overlap: int = 32,
     max_cells: int = 0,
     sigma: float = GAUSSIAN_SIGMA,
+    shared_norms: bool = True,
 ) -> Iterator[None]:
     """Within the block, ``generator.eps``, ``generator.vae.encode`` and ``generator.vae.decode`` run over tiles.
 
@@ -175,6 +352,9 @@ def tiled_inference(
         tile, overlap: UNet tiles, in latent pixels (OSEDiff: 96 and 32). 0: never tile the UNet.
         vae_tile, vae_overlap: VAE encoder and decoder tiles, in latent pixels (256 = 2048 output px). 0: never tile.
         max_cells: latent pixels per network call (tiles or whole images), at least one tile; 0: no limit.
+        shared_norms: the GroupNorms of UNet and VAE use each image's statistics pooled over its tiles, as the
+            untiled network does (no per-tile shifts of contrast and colour); False: each tile's own statistics,
+            less memory (see :class:`_SharedGroupNorms`).
     """
     align = unet_alignment(generator.unet)
     check(tile >= 0 and tile % align == 0, "tile", f"must be 0 or a positive multiple of {align} (the UNet's "
@@ -197,17 +377,19 @@ def tiled_inference(
         def one(z: Tensor, i: Tensor) -> Tensor:
             return eps(z, tau[i], context[i] if per_sample else context)
 
-        return tiled_map(one, z_t, tile, overlap, align=align, max_cells=max_cells, sigma=sigma)
+        return tiled_map(one, z_t, tile, overlap, align=align, max_cells=max_cells, sigma=sigma,
+                         shared_norms=generator.unet if shared_norms else None)
 
     def tiled_encode(x: Tensor, return_dict: bool = True):
         moments = tiled_map(lambda t, i: encode(t).latent_dist.parameters, x, vae_tile, vae_overlap,
-                            scale_in=factor, max_cells=max_cells, sigma=sigma)
+                            scale_in=factor, max_cells=max_cells, sigma=sigma,
+                            shared_norms=vae if shared_norms else None)
         dist = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
     def tiled_decode(z: Tensor, return_dict: bool = True, **kwargs):
         x = tiled_map(lambda t, i: decode(t, **kwargs).sample, z, vae_tile, vae_overlap, scale_out=factor,
-                      max_cells=max_cells, sigma=sigma)
+                      max_cells=max_cells, sigma=sigma, shared_norms=vae if shared_norms else None)
         return DecoderOutput(sample=x) if return_dict else (x,)
 
     generator.eps, vae.encode, vae.decode = tiled_eps, tiled_encode, tiled_decode
