@@ -10,7 +10,7 @@ PORT   ?= 6006
 RUNS   ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow quickstart samples tensorboard clean bench-degrade bench-sweep bench-gpu toy
+.PHONY: help install test test-slow quickstart samples tensorboard clean bench-degrade bench-sweep bench-gpu gpu-wheels gpu-checks toy
 
 help: ## list the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,17 @@ bench-sweep: $(STAMP) ## benchmark: t sweep with z0 reused vs separate single-t 
 
 bench-gpu: $(STAMP) ## GPU benchmark: upscale path vs bare diffusers graph, SD 2.1-base size, eager + compile
 	$(OFFLINE) $(BIN)/python -m ctsr.inference.bench --size sd21
+
+# wheels a lent GPU machine lacks (its python3 is 3.12 with torch, transformers, peft, lightning): see
+# benchmarks/gpu_checks.sh; they land in .whl/ (git-ignored) and travel with `carry: [".whl"]`
+GPU_WHEELS ?= diffusers==0.42.1 kornia==0.9.0 kornia_rs==0.2.0 importlib_metadata==8.7.0
+gpu-wheels: ## fetch the wheels the GPU machine lacks into .whl/ (Python 3.12, x86-64)
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
+
+gpu-checks: ## every GPU check of issues 3 and 7 in one run (degradation speed, ctsr bench); results in results/gpu/
+	PY=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_checks.sh
 
 tensorboard: $(STAMP) ## serve the runs folder on 127.0.0.1 (PORT=6006 by default), local only
 	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1 --port $(PORT)
