@@ -393,6 +393,15 @@ def test_jpeg_on_a_canvas_codes_each_sample_as_alone():
             assert 0 < diff.max() < 6 / 255
 
 
+def test_host_tensor_values_and_devices():
+    from ctsr.data.kernels import host_tensor
+
+    t = host_tensor([3, 1, 2], "cpu", torch.long)
+    assert t.dtype == torch.long and t.tolist() == [3, 1, 2]
+    m = host_tensor([0.5, 1.5], torch.device("meta"))  # the non-blocking path to another device
+    assert m.device.type == "meta" and m.dtype == torch.float32 and m.shape == (2,)
+
+
 def test_cpu_jpeg_chunks_change_no_value(monkeypatch):
     """On a CPU ``jpeg`` codes the batch in cache-sized chunks: the bytes equal those of one call."""
     from ctsr.data import degradations

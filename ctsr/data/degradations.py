@@ -56,7 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctsr.data.kernels import IDENTITY, ISOTROPIC_TYPES, MAX_KERNEL_SIZE, PLATEAU_TYPES, SINC, mixed_kernels
+from ctsr.data.kernels import (
+    IDENTITY, ISOTROPIC_TYPES, MAX_KERNEL_SIZE, PLATEAU_TYPES, SINC, host_tensor, mixed_kernels
+)
 from ctsr.errors import check
 
 SCALE = 4
@@ -278,7 +280,9 @@ class DegradationParams:
 
     def select(self, index: Tensor | Sequence[int]) -> DegradationParams:
         """The parameters of the samples ``index`` (in that order)."""
-        return _select(self, torch.as_tensor(index, dtype=torch.long, device=self.first.resize_scale.device))
+        device = self.first.resize_scale.device
+        index = index.to(device) if isinstance(index, Tensor) else host_tensor(list(index), device, torch.long)
+        return _select(self, index)
 
     def to(self, device: torch.device | str) -> DegradationParams:
         return _map_tensors(self, lambda t: t.to(device))
@@ -324,7 +328,7 @@ class _Draw:
 
     def choice(self, probs: Sequence[float]) -> Tensor:
         """An index i with probability probs[i] (Real-ESRGAN's ``random.choices``)."""
-        edges = torch.tensor(probs, dtype=torch.float64).cumsum(0)[:-1].float().to(self.device)
+        edges = torch.tensor(probs, dtype=torch.float64).cumsum(0)[:-1].float().to(self.device, non_blocking=True)
         return (self.rand()[:, None] >= edges).sum(1)
 
 
@@ -338,7 +342,7 @@ def _sample_kernel(d: _Draw, cfg: OrderConfig) -> KernelParams:
     theta = d.uniform(-math.pi, math.pi)
     # β: with prob ½ in [lo, 1], else in [1, hi] (random_bivariate_generalized_Gaussian / _plateau)
     lower_half, v = d.rand() < 0.5, d.rand()
-    plateau = torch.isin(kind, torch.tensor(PLATEAU_TYPES, device=kind.device))
+    plateau = torch.isin(kind, host_tensor(PLATEAU_TYPES, kind.device))
     lo = torch.where(plateau, cfg.betap_range[0], cfg.betag_range[0]).to(v)
     hi = torch.where(plateau, cfg.betap_range[1], cfg.betag_range[1]).to(v)
     beta = torch.where(lower_half, lo + (1 - lo) * v, 1 + (hi - 1) * v)
@@ -347,7 +351,7 @@ def _sample_kernel(d: _Draw, cfg: OrderConfig) -> KernelParams:
     omega_c = d.uniform(omega_lo, math.pi)
     kind = torch.where(d.rand() < cfg.blur_prob, kind, IDENTITY)
     # an isotropic kernel has σ_y = σ_x and θ = 0; record that, so the parameters describe the kernel
-    iso = torch.isin(kind, torch.tensor(ISOTROPIC_TYPES, device=kind.device))
+    iso = torch.isin(kind, host_tensor(ISOTROPIC_TYPES, kind.device))
     sigma_y = torch.where(iso, sigma_x, sigma_y)
     theta = torch.where(iso, torch.zeros_like(theta), theta)
     return KernelParams(kind, size, sigma_x, sigma_y, theta, beta, omega_c)
@@ -421,7 +425,7 @@ def _gather_rows_cols(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 
 def _sizes(size: tuple[Sequence[int], Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
-    return torch.as_tensor(size[0], device=device), torch.as_tensor(size[1], device=device)
+    return host_tensor(list(size[0]), device), host_tensor(list(size[1]), device)
 
 
 def blur(x: Tensor, kernel: Tensor, size: tuple[Sequence[int], Sequence[int]]) -> Tensor:
@@ -524,11 +528,11 @@ def resize(
         (B, C, H', W'), sample b valid in ``[:h_out[b], :w_out[b]]`` and 0 elsewhere.
     """
     device = x.device
-    mode_t = torch.tensor(mode, device=device)
+    mode_t = host_tensor(list(mode), device)
     for dim, n_in, n_out, length in ((2, size_in[0], size_out[0], canvas[0]), (3, size_in[1], size_out[1], canvas[1])):
         # taps: bilinear 2, bicubic 4, area the widest window ⌈n_in/n_out⌉ + 1
         taps = max((-(-a // b) + 1, 2, 4)[m] for a, b, m in zip(n_in, n_out, mode))
-        n_in_t, n_out_t = torch.tensor(n_in, device=device), torch.tensor(n_out, device=device)
+        n_in_t, n_out_t = host_tensor(list(n_in), device), host_tensor(list(n_out), device)
         x = _resample(x, dim, *interpolation_taps(n_in_t, n_out_t, mode_t, length, taps, x.dtype))
     return x
 
@@ -605,7 +609,7 @@ def _add_noise(x: Tensor, p: OrderParams, gaussian: list[bool], generator: torch
         index = [b for b, g in enumerate(gaussian) if g == kind]
         if not index:
             continue
-        sel = torch.tensor(index, device=x.device)
+        sel = host_tensor(index, x.device)
         strength = p.noise_sigma.index_select(0, sel) / 255 if kind else p.poisson_scale.index_select(0, sel)
         out[sel] = fn(x[sel], strength, p.gray_noise.index_select(0, sel), generator)
     return out
@@ -782,7 +786,7 @@ class RealESRGANDegradation(nn.Module):
         parts, order = [], []
         max_groups = self.max_groups or (CPU_MAX_GROUPS if device.type == "cpu" else DEVICE_MAX_GROUPS)
         for group in _groups([a * b for a, b in zip(*size1)], max_groups):
-            sel = torch.tensor(group, device=device)
+            sel = host_tensor(group, device)
             g1, g2 = _select(p1, sel), _select(p2, sel)
             gsize1, gsize2 = _pick_size(size1, group), _pick_size(size2, group)
             y = resize(x[sel], _pick_size(full, group), gsize1, _pick(mode1, group), (max(gsize1[0]), max(gsize1[1])))
@@ -791,7 +795,7 @@ class RealESRGANDegradation(nn.Module):
             y = blur(y, g2.kernel.kernels(dtype), gsize1)
             parts.append(resize(y, gsize1, gsize2, _pick(mode2, group), canvas2))
             order += group
-        x = torch.cat(parts).index_select(0, torch.argsort(torch.tensor(order, device=device)))
+        x = torch.cat(parts).index_select(0, host_tensor(sorted(range(len(order)), key=order.__getitem__), device))
         x = _add_noise(x, p2, gauss2, generator)
 
         # final step, each sample in its order: resize → sinc → JPEG, or JPEG → resize → sinc
@@ -801,7 +805,7 @@ class RealESRGANDegradation(nn.Module):
             index = [b for b, f in enumerate(jpeg_first) if f == first]
             if not index:
                 continue
-            sel = torch.tensor(index, device=device)
+            sel = host_tensor(index, device)
             y, q = x[sel], p2.jpeg_quality[sel]
             if first:
                 y = jpeg(y, _pick_size(size2, index), q)

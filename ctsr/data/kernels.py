@@ -37,6 +37,15 @@ GENERALIZED_TYPES = (GENERALIZED_ISO, GENERALIZED_ANISO)
 PLATEAU_TYPES = (PLATEAU_ISO, PLATEAU_ANISO)
 
 
+def host_tensor(values, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
+    """``torch.tensor(values, device=device)`` without waiting for the device: PyTorch follows a blocking copy from
+    the host with a synchronisation of the stream, so each small list of sizes or indices would stall a GPU pipeline
+    (the queued kernels drain before the next launch). Copied from pageable memory the data is staged at once, so
+    the source can go."""
+    t = torch.tensor(values, dtype=dtype)
+    return t if torch.device(device).type == "cpu" else t.to(device, non_blocking=True)
+
+
 def mesh_grid(
     size: int = MAX_KERNEL_SIZE, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> Tensor:
@@ -155,15 +164,15 @@ def mixed_kernels(
     no_sigma = (kind == SINC) | (kind == IDENTITY)
     sigma_x = torch.where(no_sigma, torch.ones_like(sigma_x), sigma_x)
     sigma_y = torch.where(no_sigma, torch.ones_like(sigma_y), sigma_y)
-    iso = torch.isin(kind, torch.tensor(ISOTROPIC_TYPES, device=kind.device))
+    iso = torch.isin(kind, host_tensor(ISOTROPIC_TYPES, kind.device))
     sigma_y = torch.where(iso, sigma_x, sigma_y)
     theta = torch.where(iso, torch.zeros_like(theta), theta)
-    shaped = torch.isin(kind, torch.tensor(GENERALIZED_TYPES + PLATEAU_TYPES, device=kind.device))
+    shaped = torch.isin(kind, host_tensor(GENERALIZED_TYPES + PLATEAU_TYPES, kind.device))
     beta = torch.where(shaped, beta, torch.ones_like(beta)).view(-1, 1, 1)
 
     # Q^β with β = 1 for the plain Gaussians: exp(−Q^β/2) covers Gaussian and generalized Gaussian alike.
     q_beta = mahalanobis2(sigma_x, sigma_y, theta, max_size).pow(beta)
-    plateau = torch.isin(kind, torch.tensor(PLATEAU_TYPES, device=kind.device)).view(-1, 1, 1)
+    plateau = torch.isin(kind, host_tensor(PLATEAU_TYPES, kind.device)).view(-1, 1, 1)
     kernel = torch.where(plateau, 1.0 / (q_beta + 1.0), torch.exp(-0.5 * q_beta))
     kernel = torch.where((kind == SINC).view(-1, 1, 1), _circular_lowpass(omega_c, max_size), kernel)
     kernel = _normalise(kernel, kernel_size)
