@@ -319,6 +319,15 @@ def test_shared_norms_pass_on_an_error_without_hanging():
         tiled_map(fn, x, 8, 4, max_cells=64, shared_norms=net)
     assert "forward" not in vars(net.norm)
 
+    calls = {"n": 0}
+
+    def uneven(t, i):  # the second tile call runs the network twice: the calls cannot meet at every norm
+        calls["n"] += 1
+        return net(t) + net(t) if calls["n"] == 2 else net(t)
+
+    with pytest.raises(RuntimeError, match="lock step"), torch.no_grad():
+        tiled_map(uneven, x, 8, 4, max_cells=64, shared_norms=net)
+
 
 def test_tile_options_are_checked(tiny_model):
     gen = tiny_model.generator

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from ctsr.errors import check
 
 GAUSSIAN_SIGMA = 0.1  # σ of the blending weights, as a fraction of the tile side
+LOCKSTEP_TIMEOUT_S = 3600.0  # the longest a tile call waits for the others at a shared norm
 
 
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
@@ -152,6 +153,7 @@ class _SharedGroupNorms:
         self.barrier = threading.Barrier(len(groups), action=self._pool)
         self.partials: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         self._last: tuple[Tensor, Tensor] | None = None
+        self.finished = 0
 
     # -- the norms ----------------------------------------------------------------------------------------------
     def _norm(self, norm: nn.GroupNorm, x: Tensor) -> Tensor:
@@ -180,9 +182,12 @@ class _SharedGroupNorms:
         m2 = (s2 - count * mean**2).clamp(min=0)
         samples = group.sample_index(x.device)
         self.partials[k] = (samples, count, mean, m2)
+        if self.finished:  # another call ended without this norm: the calls do not run the same network
+            raise RuntimeError("tiles with shared norms fell out of lock step: the tile calls ran different numbers "
+                               "of GroupNorms (use shared_norms=False / --tile-norms tile)")
         self.baton.release()
         try:
-            self.barrier.wait()
+            self.barrier.wait(timeout=LOCKSTEP_TIMEOUT_S)  # a backstop: a call that never comes breaks it
         finally:
             self.baton.acquire()
         image_mean, image_var = self._last  # stays until every call has read it: the next pool waits for all
@@ -219,6 +224,10 @@ class _SharedGroupNorms:
             with self.baton, torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 try:
                     results[k] = calls[k]()
+                    self.finished += 1
+                    if self.barrier.n_waiting:  # others wait at a norm this call never reached
+                        raise RuntimeError("tiles with shared norms fell out of lock step: the tile calls ran "
+                                           "different numbers of GroupNorms")
                 except BaseException as error:  # noqa: BLE001 — re-raised in the caller's thread below
                     errors.append(error)
                     self.barrier.abort()
