@@ -305,6 +305,22 @@ def test_shared_norms_pool_each_images_statistics(max_cells):
     assert (out - ref).abs().max() < 1e-5
 
 
+def test_shared_norm_calls_keep_the_callers_modes():
+    """Tile calls run in threads; grad and autocast modes are per thread and must follow the caller's."""
+    net = _NormNet()
+    x = torch.randn(1, 3, 12, 20)
+    seen = []
+
+    def fn(t, i):
+        seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+        return net.inp(t)  # a convolution: bf16 under CPU autocast
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiled_map(fn, x, 8, 4, max_cells=64, shared_norms=net)
+    assert out.dtype == torch.bfloat16 and set(seen) == {(False, True)}
+    assert len(seen) == len(tile_starts(12, 8, 4)) * len(tile_starts(20, 8, 4)) == 8  # one call per tile
+
+
 def test_shared_norms_pass_on_an_error_without_hanging():
     net = _NormNet()
     x = torch.randn(1, 3, 12, 20)

@@ -215,13 +215,17 @@ class _SharedGroupNorms:
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self, calls: list[Callable[[], Tensor]]) -> list[Tensor]:
         """Results of ``calls`` (one per tile group), each run with the shared norms."""
+        # grad, inference and autocast modes are per thread: the calls run in the caller's
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+        autocast = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
         results: list[Tensor | None] = [None] * len(calls)
         errors: list[BaseException] = []
 
         def worker(k: int) -> None:
             self.local.call = k
-            with self.baton, torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            with self.baton, torch.inference_mode(inference), torch.set_grad_enabled(grad), ExitStack() as modes:
+                for device_type, dtype in autocast:
+                    modes.enter_context(torch.autocast(device_type, dtype=dtype))
                 try:
                     results[k] = calls[k]()
                     self.finished += 1
