@@ -207,9 +207,9 @@ def test_tiny_model_shared_norms_cut_the_error_and_leave_no_seam(tiny_model):
     tiles = dict(tile=32, overlap=16, vae_tile=32, vae_overlap=16)
     with torch.no_grad():
         ref = tiny_model(x, 0.5)[0]
-        with tiled_inference(tiny_model.generator, shared_norms=False, **tiles):
+        with tiled_inference(tiny_model.generator, shared_norms="none", **tiles):
             per_tile = tiny_model(x, 0.5)[0]
-        with tiled_inference(tiny_model.generator, **tiles):
+        with tiled_inference(tiny_model.generator, shared_norms="all", **tiles):
             shared = tiny_model(x, 0.5)[0]
     assert shared.shape == ref.shape == (3, 384, 640) and torch.isfinite(shared).all()
     err_tile, err_shared = float((per_tile - ref).abs().mean()), float((shared - ref).abs().mean())
@@ -243,9 +243,9 @@ def test_tiled_vae_equals_the_untiled_one_with_shared_norms(local_attention_mode
     model, x = local_attention_model, _lr(96, 160)
     with torch.no_grad():
         ref = model(x, 0.5)[0]
-        with tiled_inference(model.generator, tile=0, overlap=0, vae_tile=32, vae_overlap=16):
+        with tiled_inference(model.generator, tile=0, overlap=0, vae_tile=32, vae_overlap=16, shared_norms="all"):
             out = model(x, 0.5)[0]
-        with tiled_inference(model.generator, tile=0, overlap=0, vae_tile=32, vae_overlap=16, shared_norms=False):
+        with tiled_inference(model.generator, tile=0, overlap=0, vae_tile=32, vae_overlap=16):  # the default
             per_tile = model(x, 0.5)[0]
     err = (out - ref).abs()
     assert float(err.mean()) < 1e-3 and float(err.max()) < 4 / 255, (float(err.mean()), float(err.max()))  # 3e-4, 2.3
@@ -288,7 +288,8 @@ def test_shared_norms_pool_each_images_statistics(max_cells):
     net = _NormNet()
     with torch.no_grad():
         net.norm.weight.normal_(), net.norm.bias.normal_()
-    x = torch.randn(2, 3, 12, 20) * torch.tensor([1.0, 3.0]).view(2, 1, 1, 1) + torch.tensor([0.0, 2.0]).view(2, 1, 1, 1)
+    scale, shift = torch.tensor([1.0, 3.0]).view(2, 1, 1, 1), torch.tensor([0.0, 2.0]).view(2, 1, 1, 1)
+    x = torch.randn(2, 3, 12, 20) * scale + shift  # two images with different statistics
     with torch.no_grad():
         ref = net(x)
         out = tiled_map(lambda t, i: net(t), x, 8, 4, max_cells=max_cells, shared_norms=net)
@@ -355,5 +356,8 @@ def test_tile_options_are_checked(tiny_model):
             pass
     with pytest.raises(ConfigError, match="vae_overlap"):
         with tiled_inference(gen, vae_tile=16, vae_overlap=20):
+            pass
+    with pytest.raises(ConfigError, match="shared_norms"):
+        with tiled_inference(gen, shared_norms="vae"):
             pass
     assert "eps" not in vars(gen)

@@ -96,7 +96,7 @@ def test_keep_format_and_a_folder_output_for_one_file(model_file, photos, tmp_pa
     out = tmp_path / "out"
     args = [str(photos / "b.jpg"), str(out), "--ckpt", str(model_file), "--format", "keep", "--t", "0", "1",
             "--color", "wavelet", "--tile", "8", "--tile-overlap", "4", "--vae-tile", "8", "--vae-overlap", "4",
-            "--tile-norms", "tile"]
+            "--shared-norms", "none"]
     assert upscale.main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["b_t0.jpg", "b_t1.jpg"]
     with Image.open(out / "b_t1.jpg") as img:
@@ -167,9 +167,9 @@ def test_tiles_in_bf16_with_shared_and_per_tile_norms(model_file):
     """The shared norms' own arithmetic (float32 statistics, one x·a + b) in a bf16 network over tiles."""
     model, x = load_model(model_file), torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(0))
     tiles = dict(tile=8, tile_overlap=4, vae_tile=8, vae_overlap=4, color="none")
-    fp32 = Upscaler(model, "cpu", "fp32", **tiles)(x, [0.5])[0]
-    shared = Upscaler(model, "cpu", "bf16", **tiles)(x, [0.5])[0]
-    per_tile = Upscaler(model, "cpu", "bf16", shared_norms=False, **tiles)(x, [0.5])[0]
+    fp32 = Upscaler(model, "cpu", "fp32", shared_norms="all", **tiles)(x, [0.5])[0]
+    shared = Upscaler(model, "cpu", "bf16", shared_norms="all", **tiles)(x, [0.5])[0]
+    per_tile = Upscaler(model, "cpu", "bf16", shared_norms="none", **tiles)(x, [0.5])[0]
     assert shared.shape == per_tile.shape == (1, 3, 96, 160) and torch.isfinite(shared).all()
     assert float((shared - fp32).abs().mean()) < 0.02  # bf16 rounding only
     assert float((per_tile - shared).abs().mean()) > 0.02  # the option reaches the tiles

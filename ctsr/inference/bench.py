@@ -197,19 +197,20 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         tl, large_ms = up.tiling, {}
-        for shared in (True, False):  # the tiles' GroupNorm statistics: the image's (default) or each tile's
+        for shared in ("unet", "none"):  # the UNet tiles' GroupNorm statistics: the image's (default) or each tile's
             tl["shared_norms"] = shared
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             ms, mem = timed(lambda: up(x_big, [t]), device, 1, 1)
             large_ms[shared] = ms
-            peak = "peak -" if mem is None else f"peak {mem:.1f} GiB, {mem - bare_gib:.1f} without the bare graph's weights"
+            peak = ("peak -" if mem is None
+                    else f"peak {mem:.1f} GiB, {mem - bare_gib:.1f} without the bare graph's weights")
             print(f"large: {large}×{large} output, t={t:g}, batch 1, eager, UNet tiles {tl['tile']}/{tl['overlap']}, "
                   f"VAE tiles {tl['vae_tile']}/{tl['vae_overlap']} (latent px), norms "
-                  f"{'image' if shared else 'tile '}: {ms:.0f} ms, {peak} (target: ≤ 24 GiB)")
+                  f"shared {shared}: {ms:.0f} ms, {peak} (target: ≤ 24 GiB)")
             sys.stdout.flush()
-        tl["shared_norms"], tl["max_cells"] = True, budget
-        print(f"ratio shared/per-tile norms, large: {large_ms[True] / large_ms[False]:.3f}")
+        tl["shared_norms"], tl["max_cells"] = "unet", budget
+        print(f"ratio shared/per-tile norms, large: {large_ms['unet'] / large_ms['none']:.3f}")
     if not args.no_compile:
         import torch._dynamo as dynamo
 

@@ -17,17 +17,21 @@ Exactness. Where the whole latent fits in one tile the network is called as it i
 Otherwise three things separate a tiled network from the untiled one:
 
 * GroupNorm statistics. Per tile, each tile is normalised by its own mean and variance: on the random-init tiny
-  model that alone gives visible per-tile shifts. By default (``shared_norms``) the tiles of a network call run in
-  lock step and every GroupNorm uses the image's statistics, pooled over the cells each tile owns
-  (:class:`_SharedGroupNorms`, the idea of the "tiled VAE" of multidiffusion-upscaler that OSEDiff ships, done here
-  without re-writing the networks layer by layer).
+  model that alone gives visible per-tile shifts. With ``shared_norms`` the tiles of a network call run in lock step
+  and every GroupNorm uses the image's statistics, pooled over the cells each tile owns (:class:`_SharedGroupNorms`,
+  the idea of the "tiled VAE" of multidiffusion-upscaler that OSEDiff ships, done here without re-writing the
+  networks layer by layer). The price is memory: every tile's activations at the current layer stay alive, about
+  the untiled network's. That is small for the UNet (latent resolution), so its tiles share by default
+  (``"unet"``); the VAE is tiled precisely when its full-resolution activations do not fit, so its tiles keep
+  their own statistics unless asked (``"all"``).
 * Self-attention, computed within a tile.
 * The receptive field beyond the part of a tile that counts in the blend (overlap/2 from its edge).
 
 Measured on the tiny model (``tests/test_tiling.py``, LR 96×160, tiles 32/16 latent px, t = 0.5, mean |Δ| of a
-[0, 1] image): per-tile norms 0.089, shared norms 0.022; without self-attention (same classes, ``only_cross_attention``
-UNet, no VAE mid-block attention) the tiled VAE equals the untiled one to 3e-4 (max 2.3/255) and the UNet's error
-falls with the tile size as its receptive field fits (0.0087 at 32/16, 0.0014 at 64/48). SD's UNet has a receptive
+[0, 1] image): per-tile norms 0.089, shared norms in both networks 0.022; without self-attention (same classes,
+``only_cross_attention`` UNet, no VAE mid-block attention) the tiled VAE equals the untiled one to 3e-4 (max
+2.3/255) and the UNet's error falls with the tile size as its receptive field fits (0.0087 at 32/16, 0.0014 at
+64/48). SD's UNet has a receptive
 field wider than any practical overlap, so its tiles remain an approximation to be judged on real weights; tile
 sizes are options (larger tiles, fewer approximations). Defaults: UNet 96/32 (OSEDiff's), VAE 256/32 latent px
 (2048 output px, so up to 2048×2048 the VAE is not tiled; measured on the CPU, the SD VAE decoder peaks at 3 KB per
@@ -57,6 +61,7 @@ from torch import Tensor, nn
 from ctsr.errors import check
 
 GAUSSIAN_SIGMA = 0.1  # σ of the blending weights, as a fraction of the tile side
+SHARED_NORMS = ("unet", "all", "none")  # whose tiles share each image's GroupNorm statistics
 LOCKSTEP_TIMEOUT_S = 3600.0  # the longest a tile call waits for the others at a shared norm
 
 
@@ -141,7 +146,7 @@ class _SharedGroupNorms:
     deviations over the owned cells, per sample and group), hands the baton on and waits at a barrier; the last to
     arrive pools them per image (Chan's parallel formula, float64), and all go on with the image's mean and variance.
     The activations of every call stay alive meanwhile: memory about that of the untiled network's activations at
-    one layer, the price of consistent normalisation (``shared_norms=False`` gives per-tile statistics).
+    one layer, the price of consistent normalisation.
     """
 
     def __init__(self, network: nn.Module, groups: list[_TileGroup]) -> None:
@@ -356,7 +361,7 @@ def tiled_inference(
     vae_overlap: int = 32,
     max_cells: int = 0,
     sigma: float = GAUSSIAN_SIGMA,
-    shared_norms: bool = True,
+    shared_norms: str = "unet",
 ) -> Iterator[None]:
     """Within the block, ``generator.eps``, ``generator.vae.encode`` and ``generator.vae.decode`` run over tiles.
 
@@ -365,10 +370,11 @@ def tiled_inference(
         tile, overlap: UNet tiles, in latent pixels (OSEDiff: 96 and 32). 0: never tile the UNet.
         vae_tile, vae_overlap: VAE encoder and decoder tiles, in latent pixels (256 = 2048 output px). 0: never tile.
         max_cells: latent pixels per network call (tiles or whole images), at least one tile; 0: no limit.
-        shared_norms: the GroupNorms of UNet and VAE use each image's statistics pooled over its tiles, as the
-            untiled network does (no per-tile shifts of contrast and colour); False: each tile's own statistics,
-            less memory (see :class:`_SharedGroupNorms`).
+        shared_norms: whose GroupNorms use each image's statistics pooled over its tiles, as the untiled network
+            does (no per-tile shifts of contrast and colour): ``unet`` (default), ``all`` (the VAE's too: memory
+            about that of the untiled VAE), ``none`` (each tile its own; see :class:`_SharedGroupNorms`).
     """
+    check(shared_norms in SHARED_NORMS, "shared_norms", f"one of {', '.join(SHARED_NORMS)}; got {shared_norms!r}")
     align = unet_alignment(generator.unet)
     check(tile >= 0 and tile % align == 0, "tile", f"must be 0 or a positive multiple of {align} (the UNet's "
           f"downsampling), got {tile}")
@@ -391,18 +397,18 @@ def tiled_inference(
             return eps(z, tau[i], context[i] if per_sample else context)
 
         return tiled_map(one, z_t, tile, overlap, align=align, max_cells=max_cells, sigma=sigma,
-                         shared_norms=generator.unet if shared_norms else None)
+                         shared_norms=generator.unet if shared_norms != "none" else None)
 
     def tiled_encode(x: Tensor, return_dict: bool = True):
         moments = tiled_map(lambda t, i: encode(t).latent_dist.parameters, x, vae_tile, vae_overlap,
                             scale_in=factor, max_cells=max_cells, sigma=sigma,
-                            shared_norms=vae if shared_norms else None)
+                            shared_norms=vae if shared_norms == "all" else None)
         dist = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
     def tiled_decode(z: Tensor, return_dict: bool = True, **kwargs):
         x = tiled_map(lambda t, i: decode(t, **kwargs).sample, z, vae_tile, vae_overlap, scale_out=factor,
-                      max_cells=max_cells, sigma=sigma, shared_norms=vae if shared_norms else None)
+                      max_cells=max_cells, sigma=sigma, shared_norms=vae if shared_norms == "all" else None)
         return DecoderOutput(sample=x) if return_dict else (x,)
 
     generator.eps, vae.encode, vae.decode = tiled_eps, tiled_encode, tiled_decode

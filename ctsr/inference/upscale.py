@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, read_image, write_image
 from ctsr.errors import ConfigError, CTSRError, check, describe
 from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
-from ctsr.inference.tiling import tiled_inference, unet_alignment
+from ctsr.inference.tiling import SHARED_NORMS, tiled_inference, unet_alignment
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -123,7 +123,7 @@ class Upscaler:
         precision: weights and activations of UNet and VAE; ``auto``: bf16 on CUDA, fp32 on the CPU.
         tile, tile_overlap: UNet tiles in latent pixels (1 latent pixel = 8 output pixels); 0: never tile.
         vae_tile, vae_overlap: VAE encoder/decoder tiles in latent pixels; 0: never tile.
-        shared_norms: GroupNorms use each image's statistics across its tiles (as untiled); False: per tile.
+        shared_norms: whose tiles' GroupNorms use each image's statistics (as untiled): ``unet``, ``all``, ``none``.
         color: colour correction against the bicubic-upscaled input: ``adain``, ``wavelet`` or ``none``.
         batch_size: images per network call; tiles per call are bounded by the same pixel count
             (batch_size × a 512×512 output), so memory is that of ``batch_size`` 512² images or of one tile.
@@ -142,7 +142,7 @@ class Upscaler:
         color: ColorFix = "adain",
         batch_size: int = 1,
         compile: bool = False,
-        shared_norms: bool = True,
+        shared_norms: str = "unet",
     ) -> None:
         check(color in COLOR_FIXES, "--color", f"one of {', '.join(COLOR_FIXES)}; got {color!r}")
         check(batch_size >= 1, "--batch-size", f"must be ≥ 1, got {batch_size}")
@@ -311,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-tile", type=int, default=256,
                    help="VAE encoder/decoder tile side in latent pixels (default 256 = 2048 output px); 0: none")
     p.add_argument("--vae-overlap", type=int, default=32, help="overlap of VAE tiles in latent pixels (default 32)")
-    p.add_argument("--tile-norms", default="image", choices=["image", "tile"],
-                   help="GroupNorm statistics over tiles: of the whole image, as untiled (default), or of each tile "
-                   "(less memory, per-tile shifts)")
+    p.add_argument("--shared-norms", default="unet", choices=SHARED_NORMS,
+                   help="whose tiles normalise with the whole image's GroupNorm statistics, as untiled: unet "
+                   "(default), all (the VAE's too: memory about that of the untiled VAE), none (per tile)")
     p.add_argument("--color", default="adain", choices=COLOR_FIXES,
                    help="colour correction against the bicubic-upscaled input (default adain, as OSEDiff)")
     p.add_argument("--format", default="png", choices=["png", "keep"],
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         model.control_steps = args.control_steps
     upscaler = Upscaler(model, str(device), args.precision, args.tile, args.tile_overlap, args.vae_tile,
                         args.vae_overlap, args.color, args.batch_size, args.compile,
-                        shared_norms=args.tile_norms == "image")
+                        shared_norms=args.shared_norms)
 
     # equal sizes go through the network together; the header tells the size without decoding the image
     jobs.sort(key=lambda j: _peek_size(j.source))
