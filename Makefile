@@ -53,9 +53,9 @@ bench-sweep: $(STAMP) ## benchmark: t sweep with z0 reused vs separate single-t 
 bench-gpu: $(STAMP) ## GPU benchmark: upscale path vs bare diffusers graph, SD 2.1-base size, eager + compile
 	$(OFFLINE) $(BIN)/python -m ctsr.inference.bench --size sd21
 
-# wheels a lent GPU machine lacks (its python3 is 3.12 with torch, transformers, peft, lightning): see
+# wheels a lent GPU machine lacks or holds in another version (its python3 is 3.12 with torch, transformers): see
 # benchmarks/gpu_checks.sh; they land in .whl/ (git-ignored) and travel with `carry: [".whl"]`
-GPU_WHEELS ?= diffusers==0.42.1 kornia==0.9.0 kornia_rs==0.2.0 importlib_metadata==8.7.0
+GPU_WHEELS ?= diffusers==0.42.1 kornia==0.9.0 kornia_rs==0.2.0 importlib_metadata==8.7.0 peft==0.21.2
 gpu-wheels: ## fetch the wheels the GPU machine lacks into .whl/ (Python 3.12, x86-64)
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
