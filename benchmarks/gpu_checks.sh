@@ -12,9 +12,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ctsr-site .whl/*.whl \
+    SITE=$(mktemp -d)
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
         || exit 1
-    export PYTHONPATH=/tmp/ctsr-site
+    export PYTHONPATH=$SITE
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-results/gpu}

@@ -31,9 +31,8 @@ Measured on the tiny model (``tests/test_tiling.py``, LR 96×160, tiles 32/16 la
 [0, 1] image): per-tile norms 0.089, shared norms in both networks 0.022; without self-attention (same classes,
 ``only_cross_attention`` UNet, no VAE mid-block attention) the tiled VAE equals the untiled one to 3e-4 (max
 2.3/255) and the UNet's error falls with the tile size as its receptive field fits (0.0087 at 32/16, 0.0014 at
-64/48). SD's UNet has a receptive
-field wider than any practical overlap, so its tiles remain an approximation to be judged on real weights; tile
-sizes are options (larger tiles, fewer approximations). Defaults: UNet 96/32 (OSEDiff's), VAE 256/32 latent px
+64/48). SD's UNet has a receptive field wider than any practical overlap, so its tiles remain an approximation to be
+judged on real weights; tile sizes are options (larger tiles, fewer approximations). Defaults: UNet 96/32 (OSEDiff's), VAE 256/32 latent px
 (2048 output px, so up to 2048×2048 the VAE is not tiled; measured on the CPU, the SD VAE decoder peaks at 3 KB per
 output pixel in fp32: about 6.4 GB in bf16 at 2048², encoder 2.5 KB).
 
@@ -142,9 +141,9 @@ class _SharedGroupNorms:
     with the statistics of the whole image — pooled over the cells each tile owns — instead of each tile's own.
 
     Each call runs in its own thread holding a baton, so one computes at a time (memory for temporaries is that of
-    one call). At a GroupNorm a call contributes its tiles' partial statistics (count, mean and sum of squared
-    deviations over the owned cells, per sample and group), hands the baton on and waits at a barrier; the last to
-    arrive pools them per image (Chan's parallel formula, float64), and all go on with the image's mean and variance.
+    one call). At a GroupNorm a call contributes its tiles' partial sums (count, Σx and Σx² over the owned cells,
+    per sample and group), hands the baton on and waits at a barrier; the last to arrive adds them up per image (in
+    float64), and all go on with the image's mean and variance.
     The activations of every call stay alive meanwhile: memory about that of the untiled network's activations at
     one layer, the price of consistent normalisation.
     """
@@ -175,21 +174,20 @@ class _SharedGroupNorms:
             if height * width != x.shape[2]:
                 return nn.GroupNorm.forward(norm, x)
         g = norm.num_groups
-        # per tile and group: count, sum and sum of squares over the owned cells (float32 elementwise sums, not a
-        # matmul that TF32 could round), then mean and squared deviations in float64
+        # per tile and group: count, Σx and Σx² over the owned cells (float32 elementwise sums, not a matmul that
+        # TF32 could round), pooled in float64
+        mask = group.mask(height, width, x.device)
         v = x.reshape(n, c, height * width).float()
-        vm = v * group.mask(height, width, x.device)[:, None, :]
+        vm = v * mask[:, None, :]
         s1 = vm.sum(-1).view(n, g, -1).sum(-1).double()
         s2 = (vm * v).sum(-1).view(n, g, -1).sum(-1).double()
         del v, vm
-        count = (group.mask(height, width, x.device).sum(-1).double() * (c // g))[:, None].expand(n, g)
-        mean = s1 / count.clamp(min=1)
-        m2 = (s2 - count * mean**2).clamp(min=0)
+        count = (mask.sum(-1).double() * (c // g))[:, None].expand(n, g)
         samples = group.sample_index(x.device)
-        self.partials[k] = (samples, count, mean, m2)
+        self.partials[k] = (samples, count, s1, s2)
         if self.finished:  # another call ended without this norm: the calls do not run the same network
             raise RuntimeError("tiles with shared norms fell out of lock step: the tile calls ran different numbers "
-                               "of GroupNorms (use shared_norms=False / --tile-norms tile)")
+                               "of GroupNorms (use shared_norms='none' / --shared-norms none)")
         self.baton.release()
         try:
             self.barrier.wait(timeout=LOCKSTEP_TIMEOUT_S)  # a backstop: a call that never comes breaks it
@@ -206,15 +204,11 @@ class _SharedGroupNorms:
 
     def _pool(self) -> None:
         """Barrier action: the image statistics from every call's partials (per sample and group)."""
-        samples, count, mean, m2 = (torch.cat([self.partials[k][i] for k in sorted(self.partials)])
-                                    for i in range(4))
-        n_img = self.images
-        g = count.shape[1]
-        total = torch.zeros(n_img, g, dtype=torch.float64, device=count.device).index_add_(0, samples, count)
-        image_mean = torch.zeros_like(total).index_add_(0, samples, count * mean) / total.clamp(min=1)
-        spread = m2 + count * (mean - image_mean[samples]) ** 2
-        image_var = torch.zeros_like(total).index_add_(0, samples, spread) / total.clamp(min=1)
-        self._last = (image_mean, image_var)
+        samples, *parts = (torch.cat([self.partials[k][i] for k in sorted(self.partials)]) for i in range(4))
+        zeros = parts[0].new_zeros(self.images, parts[0].shape[1])
+        total, s1, s2 = (zeros.index_add(0, samples, part) for part in parts)
+        image_mean = s1 / total.clamp(min=1)
+        self._last = (image_mean, (s2 / total.clamp(min=1) - image_mean**2).clamp(min=0))
         self.partials.clear()
 
     # -- the run ------------------------------------------------------------------------------------------------
@@ -236,7 +230,8 @@ class _SharedGroupNorms:
                     self.finished += 1
                     if self.barrier.n_waiting:  # others wait at a norm this call never reached
                         raise RuntimeError("tiles with shared norms fell out of lock step: the tile calls ran "
-                                           "different numbers of GroupNorms")
+                                           "different numbers of GroupNorms (use shared_norms='none' / "
+                                           "--shared-norms none)")
                 except BaseException as error:  # noqa: BLE001 — re-raised in the caller's thread below
                     errors.append(error)
                     self.barrier.abort()
