@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ctsr.errors import ConfigError, MissingWeightsError, describe
-from ctsr.models.control import ControllableSR, load_into
+from ctsr.models.control import ControllableSR, control_kwargs, load_into
 from ctsr.models.generator import OneStepGenerator
 
 
@@ -63,7 +63,8 @@ def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lor
         weights = {k[len("model.generator.unet."):]: v for k, v in state.items()
                    if k.startswith("model.generator.unet.")}
         rank = next((v.shape[0] for k, v in weights.items() if "lora_A" in k), 4)
-        model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank, **control)
+        model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank,
+                                           **control_kwargs(control))
         load_into(generator.unet, weights, name)
         return model.eval()
     stage1 = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
