@@ -110,10 +110,11 @@ EXPERIMENTS: dict[str, Experiment] = {
             ("psnr", "ssim", "lpips", "clipiqa", "maniqa"),
         ),
         Experiment(
-            "ablation-stage2-path", "Stage-2 control paths (DESIGN §6): fidelity, noise, denoise; a t sweep each",
-            "stage2",
-            tuple(Variant(f"path-{p}", "path", p, (f"{ABLATIONS}/stage2_path_{p}.yaml",))
-                  for p in ("fidelity", "noise", "denoise")),
+            "ablation-stage2-path", "Stage-2 control paths (DESIGN §6) × objectives (endpoint, the default; eq8, "
+            "the paper's): fidelity, noise, denoise; a t sweep each", "stage2",
+            tuple(Variant(f"path-{p}" + ("" if o == "endpoint" else f"-{o}"), "path, objective", f"{p}, {o}",
+                          (f"{ABLATIONS}/stage2_path_{p}.yaml", f"{ABLATIONS}/stage2_objective_{o}.yaml"))
+                  for p in ("fidelity", "noise", "denoise") for o in ("endpoint", "eq8")),
             ("psnr", "ssim", "lpips", "niqe", "musiq"), per_t=True, needs_stage1=True,
         ),
     )

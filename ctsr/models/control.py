@@ -252,6 +252,15 @@ class ControllableSR(nn.Module):
         return path
 
     @classmethod
+    def from_pretrained(cls, repo_or_path: str, revision: str | None = None, **load_kwargs) -> "ControllableSR":
+        """A CTSR model from the Hugging Face Hub (``owner/name``; its cache, ``HF_HUB_OFFLINE``, ``revision``) or
+        a local folder in the same layout (the exported safetensors, ``config.json``, a model card):
+        :func:`ctsr.models.hub.load_pretrained`."""
+        from ctsr.models.hub import load_pretrained
+
+        return load_pretrained(repo_or_path, revision=revision, **load_kwargs)
+
+    @classmethod
     def load(cls, path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
              control_steps: int | None = None) -> "ControllableSR":
         """Rebuild from :meth:`export` without Lightning; ``pretrained``/``osediff_lora`` override the stored
