@@ -497,6 +497,28 @@ def run_lab(out: str | Path, cfg: LabConfig | None = None, log=print, jobs: int 
     return {"results": results, "timing_s": timing, "figures": figures, "summary": summary}
 
 
+def rewrite_report(out: str | Path) -> None:
+    """Re-render report.md, summary.json and the figures (but world_d2.png, which needs the points) from an
+    earlier run's results.json, without training."""
+    out = Path(out)
+    data = json.loads((out / "results.json").read_text())
+    cfg = LabConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()})
+    results, timing = data["results"], data["timing_s"]
+    fig_table1(results, out / "table1.png")          # every figure but world_d2.png needs only results.json
+    fig_grid(results, out / "grid.png")
+    figures = [f for f in ("world_d2.png", "table1.png", "grid.png") if (out / f).is_file()]
+    for r in results:
+        for src in ("pretrained", "stage1"):
+            if src in r["stage2"]:
+                fig_stage2(r, src, out / f"stage2_d{r['dim']}_{src}.png", cfg.big_k)
+                figures.append(f"stage2_d{r['dim']}_{src}.png")
+    fig_chord(results, out / "chord.png")
+    figures.append("chord.png")
+    summary = build_summary(results, cfg)
+    write_report(results, cfg, out, timing, figures, summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ctsr.toy.lab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/toy", help="output folder (report.md, results.json, PNGs)")
@@ -504,7 +526,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke-sized run: seconds, meaningless numbers")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these sizes)")
     parser.add_argument("--jobs", type=int, default=1, help="worlds run in parallel processes (one thread each)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render report.md, summary.json and the figures from OUT/results.json (no training)")
     args = parser.parse_args(argv)
+    if args.report_only:
+        rewrite_report(args.out)
+        return
     torch.set_num_threads(args.threads)
     cfg = LabConfig.quick() if args.quick else LabConfig()
     if args.dims:
