@@ -59,6 +59,8 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
         check(path in ("fidelity", "noise", "denoise"), "model.path", f"must be fidelity, noise or denoise, got {path!r}")
         check(objective in ("endpoint", "eq8"), "model.objective", f"must be endpoint or eq8, got {objective!r}")
         check(teacher_input in ("z0", "path"), "model.teacher_input", f"must be z0 or path, got {teacher_input!r}")
+        check(objective == "eq8" or teacher_input == "z0", "model.teacher_input",
+              "'path' (Algorithm 2) is an option of objective eq8; the endpoint objective reads the teacher at z0")
         check(t_sampler in ("order", "uniform"), "model.t_sampler", f"must be order or uniform, got {t_sampler!r}")
         check(0 < tau_max <= 999, "model.tau_max", f"must lie in (0, 999], got {tau_max}")
         check(0 <= tau_c <= 999, "model.tau_c", f"must lie in [0, 999], got {tau_c}")
