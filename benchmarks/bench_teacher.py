@@ -1,7 +1,7 @@
 """Benchmark: the fidelity teacher's share of a stage-1 step — ResShift v3 (4 steps), SinSR (1 step), a spandrel
 network (Real-ESRGAN's RRDBNet ×4) and bicubic (free), measured in one run.
 
-    python benchmarks/bench_teacher.py [--student tiny|sd21] [--lr-size 64] [--batch 1] [--repeats 2] [--device cpu]
+    python benchmarks/bench_teacher.py [--student tiny|sd21] [--lr-size 64] [--batch 1] [--repeats 2] [--warmup 1]
 
 Teachers have their released widths with random weights (the cost does not depend on the values): ResShift/SinSR
 ``ResShiftUNet()`` + ``VQAutoencoderF4()``, Real-ESRGAN x4plus (64 filters, 23 RRDBs) built by spandrel. Each teacher is
@@ -67,7 +67,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--lr-size", type=int, default=64, help="LR side (ResShift pads the LR to a multiple of 64)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=2, help="timed rounds (after one warm-up round)")
+    p.add_argument("--repeats", type=int, default=2, help="timed rounds")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     a = p.parse_args()
     if a.threads:
@@ -86,7 +87,7 @@ def main() -> None:
 
     steps: dict[str, list[float]] = {n: [] for n in modules}
     conds: dict[str, list[float]] = {n: [] for n in modules}
-    for round_ in range(a.repeats + 1):
+    for round_ in range(a.warmup + a.repeats):
         for name, (module, optimiser, timer) in modules.items():
             timer.seconds = 0.0
             sync(device)
@@ -96,7 +97,7 @@ def main() -> None:
             optimiser.step()
             optimiser.zero_grad(set_to_none=True)
             sync(device)
-            if round_:  # round 0 warms up
+            if round_ >= a.warmup:
                 steps[name].append(time.perf_counter() - start)
                 conds[name].append(timer.seconds)
 

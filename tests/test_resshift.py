@@ -236,3 +236,25 @@ def test_anchored_teacher_loads_a_resshift_spec_and_anchors_on_it(weights, tmp_p
     z_t, tau = torch.randn(1, 3, 8, 8), torch.tensor([500])
     eps = teacher.eps(z_t, tau, cond=z_f)
     torch.testing.assert_close(teacher.schedule.eps_from_x0(z_t, z_f, tau), eps)
+
+
+# -- the paper's configuration -----------------------------------------------------------------------------------------
+def _sr_model(path: str) -> str:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    return yaml.safe_load((root / path).read_text())["model"]["init_args"]["fidelity_teacher"]["init_args"]["sr_model"]
+
+
+def test_stage1_uses_resshift_and_the_teacher_ablation_compares_it_with_sinsr():
+    from ctsr.experiments.sweep import plan
+
+    for path, variant in (("experiments/stage1.yaml", "resshift"), ("experiments/ablations/teacher_sinsr.yaml", "sinsr")):
+        parsed = resshift.parse_spec(_sr_model(path))
+        assert parsed is not None and parsed[0] == variant and Path(parsed[1]).name == resshift.RELEASES[variant][0]
+    paper = {r.name: " ".join(r.argv) for r in plan("ablation-teacher", "paper", "runs")}
+    assert set(paper) == {"resshift", "sinsr"}
+    assert "teacher_sinsr.yaml" in paper["sinsr"] and "ablations/" not in paper["resshift"]
+    tiny = {r.name: " ".join(r.argv) for r in plan("ablation-teacher", "tiny", "runs")}
+    assert "teacher_bilinear.yaml" in tiny["sinsr"] and all("tiny_stage1.yaml" in v for v in tiny.values())
+    assert _sr_model("experiments/tiny_stage1.yaml") == "bicubic"   # tiny: stand-ins, no weights needed
