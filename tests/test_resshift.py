@@ -258,3 +258,22 @@ def test_stage1_uses_resshift_and_the_teacher_ablation_compares_it_with_sinsr():
     tiny = {r.name: " ".join(r.argv) for r in plan("ablation-teacher", "tiny", "runs")}
     assert "teacher_bilinear.yaml" in tiny["sinsr"] and all("tiny_stage1.yaml" in v for v in tiny.values())
     assert _sr_model("experiments/tiny_stage1.yaml") == "bicubic"   # tiny: stand-ins, no weights needed
+
+
+def test_the_typed_class_path_form_resolves_through_jsonargparse(weights, tmp_path, monkeypatch):
+    from jsonargparse import ArgumentParser
+
+    from ctsr.models.teachers import AnchoredTeacher
+
+    monkeypatch.setattr(resshift, "ResShiftUNet", reduced_unet)
+    monkeypatch.setattr(resshift, "VQAutoencoderF4", reduced_autoencoder)
+    torch.save(weights["unet"], tmp_path / "net.pth")
+    torch.save(weights["autoencoder"], tmp_path / "vq.pth")
+    parser = ArgumentParser()
+    parser.add_class_arguments(AnchoredTeacher, "teacher")
+    spec = {"class_path": "ctsr.models.resshift.PretrainedResShift",
+            "init_args": {"variant": "resshift", "weights": str(tmp_path / "net.pth"),
+                          "autoencoder": str(tmp_path / "vq.pth"), "seed": 3}}
+    teacher = parser.instantiate_classes(parser.parse_object({"teacher": {"sr_model": spec}}))["teacher"]
+    assert isinstance(teacher.sr_model, resshift.PretrainedResShift)
+    assert teacher.sr_model.sampler.schedule is RESSHIFT_V3
