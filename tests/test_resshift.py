@@ -277,3 +277,16 @@ def test_the_typed_class_path_form_resolves_through_jsonargparse(weights, tmp_pa
     teacher = parser.instantiate_classes(parser.parse_object({"teacher": {"sr_model": spec}}))["teacher"]
     assert isinstance(teacher.sr_model, resshift.PretrainedResShift)
     assert teacher.sr_model.sampler.schedule is RESSHIFT_V3
+
+
+def test_a_bfloat16_copy_runs_and_stays_close(unet, autoencoder, io):
+    import copy
+
+    model = ResShiftSR(copy.deepcopy(unet), copy.deepcopy(autoencoder), ResidualShiftSampler(SINSR_V1), seed=1,
+                       pad_multiple=16)
+    full = model((io["sample_lr"][:1] + 1) / 2)
+    model.to(torch.bfloat16)
+    model.generator.manual_seed(1)   # the same noise as the first call
+    low = model((io["sample_lr"][:1] + 1) / 2)
+    assert low.dtype == torch.float32 and low.shape == full.shape
+    assert (low - full).abs().mean() < 0.05

@@ -98,13 +98,14 @@ class ResidualShiftSampler(nn.Module):
         prior's ε first, then one ε per step t > 0; a seed gives the same images on any device.
         """
         s = self.schedule
+        net_dtype = _dtype(unet)   # a half-precision copy (``.half()``) runs in its dtype; the chain stays in y's
         y_up = F.interpolate(y, scale_factor=s.sf, mode="bicubic")
         z_y = autoencoder.encode(y_up.type(_dtype(autoencoder))).type(y.dtype) * s.scale_factor
         noise = torch.randn(z_y.shape, generator=generator, dtype=z_y.dtype).to(z_y.device)
         z = z_y + self._at(self.prior_std, s.steps - 1, z_y) * noise
         for t in reversed(range(s.steps)):
             ts = torch.full((y.shape[0],), t, device=y.device, dtype=torch.long)
-            x0 = unet(self.scale_input(z, t), ts, lq=y)
+            x0 = unet(self.scale_input(z, t).type(net_dtype), ts, lq=y.type(net_dtype)).type(z.dtype)
             if s.one_step:
                 z = x0
                 break

@@ -36,7 +36,8 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(32, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight, bias = self.weight.float(), self.bias.float()   # float32 also in a half-precision copy
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -337,7 +338,7 @@ class ResShiftUNet(nn.Module):
         return self._multiple
 
     def forward(self, x: Tensor, timesteps: Tensor, lq: Tensor) -> Tensor:
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).type(self.time_embed[0].weight.dtype))
         h = torch.cat([x, lq.type(x.dtype)], dim=1)
         skips = []
         for block in self.input_blocks:
