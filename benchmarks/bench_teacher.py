@@ -2,6 +2,7 @@
 network (Real-ESRGAN's RRDBNet ×4) and bicubic (free), measured in one run.
 
     python benchmarks/bench_teacher.py [--student tiny|sd21] [--lr-size 64] [--batch 1] [--repeats 2] [--warmup 1]
+    python benchmarks/bench_teacher.py --components [--lr-size 64] [--repeats 3]   # ResShift's UNet vs its VQGAN
 
 Teachers have their released widths with random weights (the cost does not depend on the values): ResShift/SinSR
 ``ResShiftUNet()`` + ``VQAutoencoderF4()``, Real-ESRGAN x4plus (64 filters, 23 RRDBs) built by spandrel. Each teacher is
@@ -61,6 +62,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def components(lr_size: int, repeats: int) -> None:
+    """ResShift's two costs, interleaved: one UNet evaluation (latent = LR size) and one VQGAN encode + decode (HR)."""
+    unet, vae = ResShiftUNet().eval(), VQAutoencoderF4().eval()
+    g = torch.Generator().manual_seed(0)
+    z, lq = torch.randn(1, 3, lr_size, lr_size, generator=g), torch.rand(1, 3, lr_size, lr_size, generator=g)
+    hr = torch.rand(1, 3, 4 * lr_size, 4 * lr_size, generator=g) * 2 - 1
+    times: dict[str, list[float]] = {"unet": [], "vq": []}
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            unet(z, torch.tensor([3]), lq=lq)
+            times["unet"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            vae.decode(vae.encode(hr))
+            times["vq"].append(time.perf_counter() - start)
+    u, v = statistics.median(times["unet"]), statistics.median(times["vq"])
+    print(f"# components, LR {lr_size}², median of {repeats}: UNet {u:.2f} s, VQGAN encode+decode {v:.2f} s "
+          f"(= {v / u:.2f} UNet evaluations); predicted ResShift ÷ SinSR = (4U + V)/(U + V) = "
+          f"{(4 * u + v) / (u + v):.2f}×")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--student", default="tiny", choices=["tiny", "sd21"])
@@ -70,9 +92,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed rounds")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--components", action="store_true", help="time ResShift's UNet and VQGAN apart, then stop")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.components:
+        return components(a.lr_size, a.repeats)
     device = torch.device(a.device)
     torch.manual_seed(0)
     generator = OneStepGenerator("tiny" if a.student == "tiny" else configs.SD21_RANDOM, seed=0)
