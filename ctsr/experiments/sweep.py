@@ -103,10 +103,11 @@ EXPERIMENTS: dict[str, Experiment] = {
             ("psnr", "ssim", "lpips", "clipiqa", "maniqa"),
         ),
         Experiment(
-            "ablation-teacher", "Table 5: the fidelity teacher T_f (tiny: bicubic vs bilinear)", "stage1",
-            (Variant("teacher-b", "fidelity_teacher", "teacher B (paper: SinSR; tiny: bilinear)",
-                     (f"{ABLATIONS}/teacher_b.yaml",), (f"{ABLATIONS}/teacher_bilinear.yaml",)),
-             Variant("teacher-a", "fidelity_teacher", "teacher A, stage1.yaml (paper: ResShift; tiny: bicubic)", ())),
+            "ablation-teacher", "Table 5: the fidelity teacher T_f, SinSR vs ResShift (tiny: bilinear vs bicubic)",
+            "stage1",
+            (Variant("sinsr", "fidelity_teacher", "SinSR v1, 1 step (tiny: bilinear)",
+                     (f"{ABLATIONS}/teacher_sinsr.yaml",), (f"{ABLATIONS}/teacher_bilinear.yaml",)),
+             Variant("resshift", "fidelity_teacher", "ResShift v3, 4 steps, stage1.yaml (tiny: bicubic)", ())),
             ("psnr", "ssim", "lpips", "clipiqa", "maniqa"),
         ),
         Experiment(
