@@ -80,7 +80,7 @@ def test_paper_dry_run_prints_commands_and_touches_nothing(tmp_path, capsys):
     assert sum("stage2_objective_eq8.yaml" in f for f in fits) == 3
     assert sum("stage2_objective_endpoint.yaml" in f for f in fits) == 3
     assert "-m ctsr.cli test --config experiments/eval.yaml" in out
-    assert "realness=osediff" in out and "weights/fidelity_teacher.pth" in out
+    assert "realness=osediff" in out and "resshift:weights/resshift_realsrx4_s4_v3.pth" in out
     assert not runs_dir.exists() and not results.exists()
 
 
