@@ -200,7 +200,8 @@ def run_facts(model_file: Path, step: int | None = None) -> dict:
             "module": (cfg.get("model") or {}).get("class_path", "?").rsplit(".", 1)[-1],
             "steps": steps, "max_steps": planned,
             "fidelity_teacher": _class_name(init.get("fidelity_teacher")),
-            "realness_teacher": _class_name(init.get("realness_teacher")) if name == "stage 1" else None,
+            "realness_teacher": (_class_name(init.get("realness_teacher")) or "the initial generator, frozen (OSEDiff)")
+            if name == "stage 1" else None,
         })
     table = stage2 / "metrics.md"
     if table.is_file():
@@ -264,6 +265,7 @@ def model_card(repo_id: str, meta: dict, facts: dict, license: str) -> str:
     lines += ["", "## Evaluation across t", ""]
     if facts.get("metrics"):
         table = re.sub(r"^# .*\n+", "", facts["metrics"], count=1)  # the run's own title: the card has its own
+        table = re.sub(r"^Protocol: .*\n+", "", table, flags=re.M)   # said once, below the table
         lines += [table.rstrip(), ""]
     else:
         lines += ["No t-sweep table (`metrics.md`) was found in the run folder.", ""]
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"repo_id: '{args.repo_id}' is not a Hub repo id (owner/name)")
     if args.dry_run or args.out is not None:
         out = args.out or Path(f"{args.repo_id.replace('/', '--')}")
-        if out.exists() and any(p.name not in FOLDER_FILES for p in out.iterdir()):
+        if out.exists() and (not out.is_dir() or any(p.name not in FOLDER_FILES for p in out.iterdir())):
             raise ConfigError(f"--out: '{out}' holds other files; give an empty or new folder")
         write_folder(args.file, args.repo_id, out, args.license)
         print(f"ctsr push: wrote {', '.join(FOLDER_FILES)} to {out} (dry run, nothing uploaded)")
