@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest accepted upload in input pixels, width × height (default {DEFAULT_MAX_PIXELS} = "
                    "1024²); larger ones are refused with a message")
     p.add_argument("--t", type=float, default=None, dest="initial_t",
-                   help="the slider's start (default: the model's selected t, else 0.5)")
+                   help="the slider's start (default: the model's selected t, else 0.5); with --screenshot: where "
+                   "the slider is moved to (default 0.7)")
     shared = p.add_argument_group("upscaling (as `ctsr upscale`, same defaults)")
     for action in upscale.build_parser()._actions:
         if action.dest in UPSCALE_OPTIONS:
@@ -170,7 +171,7 @@ class Demo:
         return out, seconds
 
 
-def build_page(demo: Demo, initial_t: float, controllable: bool, title: str):
+def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, note: str = ""):
     import gradio as gr
 
     def on_upload(file, t):
@@ -200,7 +201,7 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str):
     with gr.Blocks(title=title, analytics_enabled=False) as page:
         gr.Markdown(f"## {title}\nUpload an image, then move **t**: 0 is the realness end (sharper, invented "
                     "detail), 1 the fidelity end (closer to the input). Moving t only decodes: the rest is computed "
-                    "once per upload.")
+                    "once per upload." + (f"\n\n*{note}*" if note else ""))
         upload_state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
@@ -235,8 +236,9 @@ def _theme():
     return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-def take_screenshot(url: str, image: Path, t: float, out: Path, timeout_s: float = 120) -> None:
-    """Open ``url`` in headless Chromium, upload ``image``, set t, write a full-page screenshot to ``out``."""
+def take_screenshot(url: str, image: Path, t: float, out: Path, timeout_s: float = 300, start_t: float = 0.5) -> None:
+    """Open ``url`` in headless Chromium, upload ``image``, move the slider from ``start_t`` to ``t`` (through
+    another value when they are equal), and write a full-page screenshot to ``out``."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -251,9 +253,11 @@ def take_screenshot(url: str, image: Path, t: float, out: Path, timeout_s: float
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url, timeout=ms)
             page.locator("#upload input[type=file]").set_input_files(str(image), timeout=ms)
-            page.locator("#download").filter(has_text=f"{image.stem}_t").wait_for(timeout=ms)
-            set_slider(page, t, timeout_s)
-            page.locator("#download").filter(has_text=f"{image.stem}{t_suffix(t)}.png").wait_for(timeout=ms)
+            page.locator("#download").filter(has_text=f"{image.stem}{t_suffix(start_t)}.png").wait_for(timeout=ms)
+            for value in ([1.0 - t] if t == start_t else []) + [t]:
+                set_slider(page, value, timeout_s)
+                page.locator("#download").filter(has_text=f"{image.stem}{t_suffix(value)}.png").wait_for(timeout=ms)
+            page.locator("#status").filter(has_text="a decode").wait_for(timeout=ms)  # the slider-move path
             page.wait_for_function("() => [...document.querySelectorAll('#compare img')].every(i => i.complete)",
                                    timeout=ms)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,17 +296,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.control_steps is not None:
         model.control_steps = args.control_steps
     controllable = getattr(model, "supports_control", True)
-    initial_t = args.initial_t
-    if initial_t is None:
-        initial_t = model.selected_t if getattr(model, "selected_t", None) is not None else 0.5
+    default_t = model.selected_t if getattr(model, "selected_t", None) is not None else 0.5
+    initial_t = default_t if args.initial_t is None or args.screenshot is not None else args.initial_t
     initial_t = upscale.check_t_values(model, [initial_t if controllable else 0.0])[0]
+    # --screenshot: the page starts at the default t and the slider is moved to --t (0.7 when not given)
+    shot_t = upscale.check_t_values(model, [args.initial_t if args.initial_t is not None else 0.7])[0]
     # the Upscaler of `ctsr upscale`, from the same options (the same code path, the same defaults)
     upscaler = Upscaler(model, str(device), args.precision, args.tile, args.tile_overlap, args.vae_tile,
                         args.vae_overlap, args.color, args.batch_size, args.compile,
                         shared_norms=args.shared_norms)
     with tempfile.TemporaryDirectory(prefix="ctsr-demo-") as tmp:
         demo = Demo(upscaler, args.max_pixels, Path(tmp))
-        page = build_page(demo, initial_t, controllable, f"CTSR ×4 — {Path(str(args.ckpt)).name}")
+        ckpt = Path(str(args.ckpt))
+        name = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.is_file() and ckpt.parent.name else str(args.ckpt)
+        tiny = model.generator.config.get("pretrained") == "tiny"
+        note = ("A tiny random-init model (the quick start's smoke test): the page works as with a real model, the "
+                "pictures are not meant to look good." if tiny else "")
+        page = build_page(demo, initial_t, controllable, f"CTSR ×4 — {name}", note)
         host = "127.0.0.1" if args.screenshot is not None else args.host
         port = free_port() if args.screenshot is not None else args.port
         launch = dict(server_name=host, server_port=port, theme=_theme(), ssr_mode=False, mcp_server=False,
@@ -314,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 page.launch(**launch)
                 return 0
             page.launch(**launch)
-            take_screenshot(f"http://{host}:{port}/", args.image, initial_t, args.screenshot)
+            take_screenshot(f"http://{host}:{port}/", args.image, shot_t, args.screenshot,
+                            start_t=initial_t)
             print(f"ctsr demo: wrote {args.screenshot}")
             return 0
         except OSError as err:  # the port is taken
