@@ -119,6 +119,22 @@ def test_a_slider_move_is_a_decode(model_file, photo, bad_files, tmp_path, monke
     assert upload is None and "big.png is too large" in message and "49×40" in message and "--max-pixels" in message
 
 
+def test_a_stage1_model_renders_t0_only(photo, tmp_path):
+    """A stage-1 model has no control: the page renders t = 0 (its slider is fixed there) and refuses t > 0."""
+    from ctsr.errors import ConfigError
+    from ctsr.models.export import Stage1Only
+
+    up = Upscaler(Stage1Only.from_stage1(OneStepGenerator("tiny")).eval(), "cpu")
+    page = demo.Demo(up, max_pixels=48 * 40, workdir=tmp_path)
+    upload, *_, message = page.load(photo)
+    assert message == "" and upload.state.velocity is None
+    path, _ = page.render(upload, 0.0)
+    expected = (up(read_image(photo)[None], [0.0])[0][0].numpy().transpose(1, 2, 0) * 255).round()
+    assert np.abs(np.asarray(Image.open(path), dtype=np.int16) - expected).max() <= 1
+    with pytest.raises(ConfigError, match="stage-1 model"):
+        page.render(upload, 0.5)
+
+
 def _wait_for_server(proc, url: str, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

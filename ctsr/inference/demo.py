@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"largest accepted upload in input pixels, width × height (default {DEFAULT_MAX_PIXELS} = "
                    "1024²); larger ones are refused with a message")
-    p.add_argument("--t", type=float, default=None, dest="initial_t",
+    p.add_argument("--t", type=float, default=None, dest="initial_t", metavar="T",
                    help="the slider's start (default: the model's selected t, else 0.5); with --screenshot: where "
                    "the slider is moved to (default 0.7)")
     shared = p.add_argument_group("upscaling (as `ctsr upscale`, same defaults)")

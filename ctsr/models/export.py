@@ -20,7 +20,7 @@ class Stage1Only(ControllableSR):
 
     supports_control = False
 
-    def controlled_latent(self, z0, t):
+    def controlled_latent(self, z0, t, velocity=None):
         t = self._check_t(t, z0.shape[0], z0.device)
         if bool((t > 0).any()):
             raise ValueError("this is a stage-1 model: only t = 0 is defined (train stage 2 for control)")
