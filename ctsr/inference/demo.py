@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -25,7 +26,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, read_image, write_image
@@ -317,21 +317,26 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port() if args.screenshot is not None else args.port
         launch = dict(server_name=host, server_port=port, theme=_theme(), ssr_mode=False, mcp_server=False,
                       footer_links=["gradio"], max_file_size="100mb", allowed_paths=[tmp], quiet=True,
-                      prevent_thread_lock=args.screenshot is not None)
+                      prevent_thread_lock=True)
         try:
-            if args.screenshot is None:
-                print(f"ctsr demo: serving {args.ckpt} on http://{host}:{port} (Ctrl+C stops)", flush=True)
-                page.launch(**launch)
-                return 0
             page.launch(**launch)
-            take_screenshot(f"http://{host}:{port}/", args.image, shot_t, args.screenshot,
-                            start_t=initial_t)
-            print(f"ctsr demo: wrote {args.screenshot}")
-            return 0
         except OSError as err:  # the port is taken
             raise ConfigError(f"--port: cannot serve on {host}:{port} ({describe(err)})") from None
+        try:
+            if args.screenshot is not None:
+                take_screenshot(f"http://{host}:{port}/", args.image, shot_t, args.screenshot, start_t=initial_t)
+                print(f"ctsr demo: wrote {args.screenshot}")
+                return 0
+            print(f"ctsr demo: serving {args.ckpt} on http://{host}:{port} (Ctrl+C stops)", flush=True)
+            signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl+C does: files cleaned up
+            page.block_thread()
+            return 0
         finally:
             page.close()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -69,8 +69,13 @@ def resolve_folder(repo_or_path: str | Path, revision: str | None = None) -> Pat
         raise ConfigError(f"revision: '{repo_or_path}' names revision '{rev}', and revision='{revision}' was given")
     revision = revision or rev
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"'{repo_id}'" + (f" (revision '{revision}')" if revision else "")
     try:
@@ -230,9 +235,9 @@ def model_card(repo_id: str, meta: dict, facts: dict, license: str) -> str:
         front.append(f"base_model: {base_id}")
     front.append("---")
     lines = [*front, "", f"# {repo_id.split('/')[-1]}: CTSR ×4 super-resolution with a fidelity–realness knob", "",
-             "A one-step diffusion ×4 super-resolution model trained with CTSR (two-stage distillation: dual "
-             "teachers, then controllability), in OSEDiff's architecture. One control value t ∈ [0, 1] chooses "
-             "the trade-off: **t = 0 is the realness end, t = 1 the fidelity end**.", "",
+             ("A one-step diffusion ×4 super-resolution model trained with CTSR (two-stage distillation: dual "
+              "teachers, then controllability), in OSEDiff's architecture. One control value t ∈ [0, 1] chooses "
+              "the trade-off: **t = 0 is the realness end, t = 1 the fidelity end**."), "",
              "## Use it", "", "```bash", "pip install ctsr",
              f"ctsr upscale photo.jpg photo_sr.png --ckpt {repo_id} --t 0.5",
              f"ctsr demo --ckpt {repo_id}          # a local page with a t slider", "```", "", "```python",
@@ -244,10 +249,11 @@ def model_card(repo_id: str, meta: dict, facts: dict, license: str) -> str:
              "| OSEDiff LoRA | " + (f"`{Path(osediff).name}` (OSEDiff's released file, merged into the base before "
                                     "the CTSR LoRA; give its location with `--osediff-lora`)" if osediff else
                                     "none") + " |",
-             f"| LoRA ranks | generator UNet {gen.get('lora_rank')}, VAE encoder {gen.get('vae_lora_rank')}, "
-             f"control {control.get('rank')} |",
-             f"| control rule | objective `{control.get('objective', 'eq8')}`, path `{control.get('path', 'fidelity')}`,"
-             f" τ_max {control.get('tau_max')}, K {control.get('control_steps')} |"]
+             (f"| LoRA ranks | generator UNet {gen.get('lora_rank')}, VAE encoder {gen.get('vae_lora_rank')}, "
+              f"control {control.get('rank')} |"),
+             (f"| control rule | objective `{control.get('objective', 'eq8')}`, "
+              f"path `{control.get('path', 'fidelity')}`, τ_max {control.get('tau_max')}, "
+              f"K {control.get('control_steps')} |")]
     if meta.get("selected_t") is not None:
         lines.append(f"| selected t | {meta['selected_t']:g} (chosen on a validation split) |")
     lines += ["", "## Training", ""]
@@ -272,8 +278,8 @@ def model_card(repo_id: str, meta: dict, facts: dict, license: str) -> str:
     protocol = facts.get("protocol") or ("OSEDiff's test_metrics.py protocol (pyiqa): PSNR/SSIM on Y (BT.601), no "
                                          "border crop; LPIPS (AlexNet), DISTS, FID; NIQE, MUSIQ, MANIQA, CLIPIQA")
     lines += [f"Metric protocol: {protocol}.", "", "## Licence", "",
-              f"`{license}`. A model built on Stable Diffusion 2.1-base carries the use restrictions of its "
-              "CreativeML Open RAIL++-M licence; OSEDiff's LoRA has its own licence.", ""]
+              (f"`{license}`. A model built on Stable Diffusion 2.1-base carries the use restrictions of its "
+               "CreativeML Open RAIL++-M licence; OSEDiff's LoRA has its own licence."), ""]
     return "\n".join(lines)
 
 
