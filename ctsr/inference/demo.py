@@ -203,6 +203,7 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, not
                     "detail), 1 the fidelity end (closer to the input). Moving t only decodes: the rest is computed "
                     "once per upload." + (f"\n\n*{note}*" if note else ""))
         upload_state = gr.State(None)
+        status = gr.Markdown("", elem_id="status")  # full width, above the fold: a bad upload is seen at once
         with gr.Row():
             with gr.Column(scale=1):
                 file = gr.File(label="Upload an image (PNG, JPEG, WebP, BMP, TIFF)", type="filepath",
@@ -213,7 +214,6 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, not
                               interactive=controllable, elem_id="t",
                               info=None if controllable else "a stage-1 model: only t = 0 is defined")
                 download = gr.DownloadButton("Download", visible=False, elem_id="download")
-                status = gr.Markdown("", elem_id="status")
             with gr.Column(scale=2):
                 compare = gr.ImageSlider(label="Before: bicubic ×4  |  after: CTSR at t", type="filepath",
                                          format="png", interactive=False, elem_id="compare", max_height=640,
