@@ -248,7 +248,7 @@ def take_screenshot(url: str, image: Path, t: float, out: Path, timeout_s: float
         raise ConfigError("--screenshot: no Chromium found (apt-get install chromium, or set CTSR_CHROMIUM)")
     ms = timeout_s * 1000
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, headless=True)
+        browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-proxy-server"])  # loopback
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(url, timeout=ms)
@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         launch = dict(server_name=host, server_port=port, theme=_theme(), ssr_mode=False, mcp_server=False,
                       footer_links=["gradio"], max_file_size="100mb", allowed_paths=[tmp], quiet=True,
                       prevent_thread_lock=True)
+        _loopback_without_proxies(host)
         try:
             page.launch(**launch)
         except OSError as err:  # the port is taken
@@ -333,6 +334,36 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         finally:
             page.close()
+
+
+def _loopback_without_proxies(host: str) -> None:
+    """gradio checks its own page over HTTP after it starts (httpx, which honours HTTP(S)_PROXY): loopback must
+    bypass any proxy, and on a loaded machine the check must wait longer than gradio's 3 s before it gives up and
+    ends the server ("localhost is not accessible")."""
+    names = [n for n in os.environ.get("NO_PROXY", os.environ.get("no_proxy", "")).split(",") if n]
+    for name in ("127.0.0.1", "localhost", host):
+        if name not in names and name != "0.0.0.0":
+            names.append(name)
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(names)
+    from gradio import networking
+
+    if not hasattr(networking, "url_ok"):
+        return
+
+    def url_ok(url: str, timeout_s: float = 120) -> bool:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.head(url, timeout=10, verify=False, trust_env=False).status_code < 400:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        return False
+
+    networking.url_ok = url_ok
 
 
 def _interrupt(signum, frame):
