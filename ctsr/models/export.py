@@ -20,7 +20,7 @@ class Stage1Only(ControllableSR):
 
     supports_control = False
 
-    def controlled_latent(self, z0, t):
+    def controlled_latent(self, z0, t, velocity=None):
         t = self._check_t(t, z0.shape[0], z0.device)
         if bool((t > 0).any()):
             raise ValueError("this is a stage-1 model: only t = 0 is defined (train stage 2 for control)")
@@ -39,11 +39,17 @@ def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> O
 
 
 def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None) -> ControllableSR:
-    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU)."""
+    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a CTSR folder or a
+    Hub id ``owner/name[@revision]`` (:func:`ctsr.models.hub.load_pretrained`)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit` or a .safetensors "
-                                  f"from `ctsr export`)")
+        from ctsr.models.hub import load_pretrained, parse_hub_id
+
+        if path.is_dir() or parse_hub_id(str(path)):
+            return load_pretrained(path if path.is_dir() else str(path), pretrained=pretrained,
+                                   osediff_lora=osediff_lora)
+        raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit`, a .safetensors "
+                                  f"from `ctsr export`, a CTSR folder or a Hub id owner/name)")
     if path.suffix == ".safetensors":
         return ControllableSR.load(path, pretrained, osediff_lora)
     try:
