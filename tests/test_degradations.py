@@ -1,6 +1,7 @@
-"""The batched Real-ESRGAN degradation: draw frequencies, kernel shapes, noise levels, JPEG, determinism, and a
-plain per-sample reference loop (numpy kernels, ``np.pad`` + ``conv2d`` blur, ``F.interpolate``, kornia's JPEG one
-image at a time) that the batched module must reproduce for fixed parameters."""
+"""The batched Real-ESRGAN degradation: draw frequencies, kernel shapes, noise levels, JPEG, determinism, a plain
+per-sample reference loop (numpy kernels, ``np.pad`` + ``conv2d`` blur, ``F.interpolate`` with ``scale_factor`` or
+``size``, BasicSR-style DiffJPEG or kornia's JPEG one image at a time) that the batched module must reproduce for
+fixed parameters, and outputs of Real-ESRGAN's and BasicSR's own code (``tests/fixtures/realesrgan/``)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from skimage import data as skdata
 
 from ctsr.data.degradations import (
     RESIZE_MODES,
+    count_levels,
     DegradationConfig,
     KernelProbs,
     OrderConfig,
@@ -39,6 +41,7 @@ from ctsr.data.kernels import (
     SINC,
     mixed_kernels,
 )
+from ctsr.data.jpeg import diff_jpeg
 from ctsr.errors import ConfigError
 
 SIGMAS = 5  # binomial tolerance of the frequency tests, in standard deviations
@@ -112,16 +115,26 @@ def ref_blur(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     return F.conv2d(padded[None], weight, groups=3)[0]
 
 
-def ref_resize(img: torch.Tensor, size: tuple[int, int], mode: int) -> torch.Tensor:
+def ref_resize(img: torch.Tensor, size: tuple[int, int], mode: int, scale: float | None = None) -> torch.Tensor:
+    if scale is not None:  # Real-ESRGAN's first resize
+        out = F.interpolate(img[None], scale_factor=scale, mode=RESIZE_MODES[mode])[0]
+        assert out.shape[-2:] == size
+        return out
     return F.interpolate(img[None], size=size, mode=RESIZE_MODES[mode])[0]
 
 
-def ref_jpeg(img: torch.Tensor, quality: float) -> torch.Tensor:
+def ref_jpeg(img: torch.Tensor, quality: float, codec: str = "kornia") -> torch.Tensor:
+    """One image alone through the codec (``diff_jpeg`` is checked against BasicSR's own outputs below)."""
+    if codec == "diffjpeg":
+        return diff_jpeg(img.clamp(0, 1)[None], torch.tensor([quality]))[0]
     return kornia.enhance.jpeg_codec_differentiable(img.clamp(0, 1)[None], torch.tensor([quality]))[0]
 
 
-def ref_degrade(hr: torch.Tensor, params, b: int) -> torch.Tensor:
-    """Sample b alone, its noise switched off (σ = 0 or Poisson scale 0): the pipeline of the module docstring."""
+def ref_degrade(hr: torch.Tensor, params, b: int, config: DegradationConfig | None = None) -> torch.Tensor:
+    """Sample b alone, its noise switched off (σ = 0 or Poisson scale 0): the pipeline of the module docstring,
+    with the config's resize sampling and JPEG codec (default: Real-ESRGAN's)."""
+    config = config or DegradationConfig()
+    codec = config.jpeg
     p1, p2, pf = params.first, params.second, params.final
     assert float(p1.noise_sigma[b]) == 0 and float(p1.poisson_scale[b]) == 0
     assert float(p2.noise_sigma[b]) == 0 and float(p2.poisson_scale[b]) == 0
@@ -129,16 +142,17 @@ def ref_degrade(hr: torch.Tensor, params, b: int) -> torch.Tensor:
     x = hr[:, : 4 * h, : 4 * w]
     x = ref_blur(x, ref_kernels_of(p1.kernel, b))
     s1 = float(p1.resize_scale[b])
-    x = ref_resize(x, (math.floor(4 * h * s1), math.floor(4 * w * s1)), int(p1.resize_mode[b]))
-    x = ref_jpeg(x.clamp(0, 1), float(p1.jpeg_quality[b]))  # the noise step clips
+    scale = s1 if config.resize_sampling == "scale_factor" else None
+    x = ref_resize(x, (math.floor(4 * h * s1), math.floor(4 * w * s1)), int(p1.resize_mode[b]), scale)
+    x = ref_jpeg(x.clamp(0, 1), float(p1.jpeg_quality[b]), codec)  # the noise step clips
     x = ref_blur(x, ref_kernels_of(p2.kernel, b))
     s2 = float(p2.resize_scale[b])
     x = ref_resize(x, (math.floor(h * s2), math.floor(w * s2)), int(p2.resize_mode[b])).clamp(0, 1)
     q, mode, sinc = float(p2.jpeg_quality[b]), int(pf.resize_mode[b]), ref_kernels_of(pf.sinc, b)
     if bool(pf.jpeg_first[b]):
-        x = ref_blur(ref_resize(ref_jpeg(x, q), (h, w), mode), sinc)
+        x = ref_blur(ref_resize(ref_jpeg(x, q, codec), (h, w), mode), sinc)
     else:
-        x = ref_jpeg(ref_blur(ref_resize(x, (h, w), mode), sinc), q)
+        x = ref_jpeg(ref_blur(ref_resize(x, (h, w), mode), sinc), q, codec)
     return (x * 255).round().clamp(0, 255) / 255
 
 
@@ -367,28 +381,30 @@ def test_noise_is_clipped():
         assert out.min() >= 0 and out.max() <= 1
 
 
-def test_lower_jpeg_quality_gives_larger_error():
+@pytest.mark.parametrize("codec", ["diffjpeg", "kornia"])
+def test_lower_jpeg_quality_gives_larger_error(codec):
     img = photo(64, 96)[None].repeat(4, 1, 1, 1)
     quality = torch.tensor([10.0, 30.0, 60.0, 95.0])
-    out = jpeg(img, ([64] * 4, [96] * 4), quality)
+    out = jpeg(img, ([64] * 4, [96] * 4), quality, codec)
     error = (out - img).abs().mean(dim=(1, 2, 3))
     assert (error[:-1] > error[1:]).all(), error
 
 
-def test_jpeg_on_a_canvas_codes_each_sample_as_alone():
+@pytest.mark.parametrize("codec", ["diffjpeg", "kornia"])
+def test_jpeg_on_a_canvas_codes_each_sample_as_alone(codec):
     img = photo(64, 80)
     sizes = ([45, 30, 64, 32], [37, 80, 50, 48])
     quality = torch.tensor([40.0, 70.0, 50.0, 60.0])
     canvas = torch.rand(4, 3, 64, 80)
     for b in range(4):
         canvas[b, :, : sizes[0][b], : sizes[1][b]] = img[:, : sizes[0][b], : sizes[1][b]]
-    out = jpeg(canvas, sizes, quality)
+    out = jpeg(canvas, sizes, quality, codec)
     for b in range(4):
         h, w = sizes[0][b], sizes[1][b]
-        diff = (out[b, :, :h, :w] - ref_jpeg(img[:, :h, :w], float(quality[b]))).abs()
-        if b < 3:  # no side a multiple of 16 below the canvas: the same blocks, the same bytes
+        diff = (out[b, :, :h, :w] - ref_jpeg(img[:, :h, :w], float(quality[b]), codec)).abs()
+        if b < 3 or codec == "diffjpeg":  # the same blocks, the same bytes (DiffJPEG has no cross-block filter)
             assert diff.max() < 1e-5
-        else:  # 32×48 on 64×80: only the last MCU row and column (16 px, +1) move, by a few levels
+        else:  # kornia, 32×48 on 64×80: only the last MCU row and column (16 px, +1) move, by a few levels
             assert diff[:, : h - 17, : w - 17].max() < 1e-5
             assert 0 < diff.max() < 6 / 255
 
@@ -409,9 +425,9 @@ def test_cpu_jpeg_chunks_change_no_value(monkeypatch):
     img = torch.stack([photo(48, 64, *c) for c in (("astronaut", 0, 0), ("coffee", 30, 90), ("rocket", 80, 40))])
     sizes, quality = ([48, 40, 33], [64, 64, 50]), torch.tensor([35.0, 60.0, 90.0])
     monkeypatch.setattr(degradations, "JPEG_CPU_CHUNK_PIXELS", 1 << 40)
-    whole = jpeg(img, sizes, quality)
+    whole = jpeg(img, sizes, quality, "kornia")
     monkeypatch.setattr(degradations, "JPEG_CPU_CHUNK_PIXELS", 2 * 48 * 64)  # chunks of 2, then 1
-    chunked = jpeg(img, sizes, quality)
+    chunked = jpeg(img, sizes, quality, "kornia")
     assert chunked.shape == whole.shape and (chunked - whole).abs().max() < 1e-5
 
 
@@ -454,15 +470,19 @@ def test_ragged_blur_matches_numpy_reflect_per_sample():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("max_groups", [1, 5, None])
-def test_reference_loop_agrees_for_fixed_parameters(max_groups):
-    module = RealESRGANDegradation(max_groups=max_groups)
+LEGACY = dict(resize_sampling="size", jpeg="kornia", poisson_levels="256")  # the suite's modes before parity
+
+
+@pytest.mark.parametrize("max_groups, modes", [(1, {}), (5, {}), (None, {}), (None, LEGACY), (3, LEGACY)])
+def test_reference_loop_agrees_for_fixed_parameters(max_groups, modes):
+    config = DegradationConfig(**modes)
+    module = RealESRGANDegradation(config, max_groups=max_groups)
     hr = hr_batch(64, 48)
     params = fixed_params(module)
     out = module.apply(hr, params, torch.Generator().manual_seed(11))
     assert out.shape == (5, 3, 16, 12)
     for b in range(5):
-        expected = ref_degrade(hr[b], params, b)
+        expected = ref_degrade(hr[b], params, b, config)
         diff = (out[b] - expected).abs()
         # float rounding can flip a value across a rounding boundary of the final 8-bit quantisation
         assert diff.max() <= 1 / 255 + 1e-6, (b, diff.max())
@@ -470,16 +490,22 @@ def test_reference_loop_agrees_for_fixed_parameters(max_groups):
 
 
 def test_reference_loop_agrees_for_drawn_parameters():
-    """Drawn sizes: this seed keeps one sample at 64 px (a multiple of 16) below a larger canvas, so the JPEG edge
-    effect of the module docstring shows up: a few levels on the last MCU rows, nothing on average."""
-    module = RealESRGANDegradation()
+    """Drawn sizes: this seed keeps one sample at 64 px (a multiple of 16) below a larger canvas, so with kornia's
+    codec the JPEG edge effect of the module docstring shows up: a few levels on the last MCU rows, nothing on
+    average. BasicSR's DiffJPEG (the default) has no such effect: only final 8-bit rounding flips remain."""
     hr = hr_batch(64, 64)
-    params = zero_noise(module.sample_params(5, torch.Generator().manual_seed(14)))
-    assert (params.first.resize_scale == 1).sum() == 1 and (params.first.resize_scale > 1).any()
-    out = module.apply(hr, params)
-    expected = torch.stack([ref_degrade(hr[b], params, b) for b in range(5)])
-    diff = (out - expected).abs()
-    assert diff.mean() < 0.5 / 255 and diff.max() < 12 / 255, (diff.mean() * 255, diff.max() * 255)
+    for modes in ({}, LEGACY):
+        config = DegradationConfig(**modes)
+        module = RealESRGANDegradation(config)
+        params = zero_noise(module.sample_params(5, torch.Generator().manual_seed(14)))
+        assert (params.first.resize_scale == 1).sum() == 1 and (params.first.resize_scale > 1).any()
+        out = module.apply(hr, params)
+        expected = torch.stack([ref_degrade(hr[b], params, b, config) for b in range(5)])
+        diff = (out - expected).abs()
+        if modes:
+            assert diff.mean() < 0.5 / 255 and diff.max() < 12 / 255, (diff.mean() * 255, diff.max() * 255)
+        else:
+            assert diff.max() <= 1 / 255 + 1e-6 and (diff > 0).float().mean() < 0.01, diff.max() * 255
 
 
 @pytest.mark.parametrize("size", [(68, 68), (100, 84), (70, 85), (4, 9)])
