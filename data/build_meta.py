@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ctsr.data.datasets import read_meta_file  # noqa: E402
-from ctsr.data.images import UnreadableImage, list_images, read_image  # noqa: E402
+from ctsr.data.datasets import read_meta_file
+from ctsr.data.images import UnreadableImage, list_images, read_image
 
 FFHQ_COUNT = 10_000  # OSEDiff's README: "LSDIR (84991) and the first 10k images from FFHQ"
 

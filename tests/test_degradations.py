@@ -19,7 +19,6 @@ from skimage import data as skdata
 from ctsr.data.degradations import (
     RESIZE_DIRECTIONS,
     RESIZE_MODES,
-    count_levels,
     DegradationConfig,
     KernelProbs,
     OrderConfig,
@@ -27,11 +26,13 @@ from ctsr.data.degradations import (
     add_gaussian_noise,
     add_poisson_noise,
     blur,
+    count_levels,
     crop_to_scale,
     jpeg,
     resize,
     usm_sharp,
 )
+from ctsr.data.jpeg import diff_jpeg
 from ctsr.data.kernels import (
     ANISO,
     GENERALIZED_ANISO,
@@ -44,7 +45,6 @@ from ctsr.data.kernels import (
     SINC,
     mixed_kernels,
 )
-from ctsr.data.jpeg import diff_jpeg
 from ctsr.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "realesrgan"))  # make_fixtures.CASES

@@ -57,10 +57,10 @@ def _constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
         basis = (c[:, None, :, None] * c[None, :, None, :]).reshape(64, 64)  # [(x, y), (u, v)]
         alpha = torch.tensor([1 / math.sqrt(2)] + [1.0] * 7, dtype=torch.float64)
         alpha2 = torch.outer(alpha, alpha).reshape(64)
-        f32 = dict(dtype=torch.float32)
+        f32 = torch.float32
         consts = (
-            luma.reshape(64).to(**f32), chroma.reshape(64).to(**f32), basis.to(**f32), (alpha2 * 0.25).to(**f32),
-            alpha2.to(**f32), torch.tensor(_RGB_TO_YCBCR, **f32).T, torch.tensor(_YCBCR_TO_RGB, **f32).T,
+            luma.reshape(64).to(f32), chroma.reshape(64).to(f32), basis.to(f32), (alpha2 * 0.25).to(f32),
+            alpha2.to(f32), torch.tensor(_RGB_TO_YCBCR, dtype=f32).T, torch.tensor(_YCBCR_TO_RGB, dtype=f32).T,
         )
         _CACHE[key] = tuple(t.to(device=device, dtype=dtype) for t in consts)
     return _CACHE[key]
@@ -109,7 +109,6 @@ def diff_jpeg(x: Tensor, quality: Tensor) -> Tensor:
     luma_table, chroma_table, to_ycbcr, to_rgb = consts[0], consts[1], consts[5], consts[6]
     factor = quality_to_factor(quality.to(device=x.device, dtype=x.dtype).reshape(b))
     x = F.pad(x, (0, -w % MACROBLOCK, 0, -h % MACROBLOCK), mode="constant", value=0)
-    hp, wp = x.shape[-2:]
     ycc = (x * 255).permute(0, 2, 3, 1) @ to_ycbcr + x.new_tensor([0.0, 128.0, 128.0])
     y = _code_plane(ycc[..., 0], luma_table, factor, consts)
     chroma = F.avg_pool2d(ycc[..., 1:].permute(0, 3, 1, 2), 2)  # (B, 2, H/2, W/2)

@@ -59,7 +59,7 @@ def _pil_coefficients(n_in: int, n_out: int) -> tuple[Tensor, Tensor]:
     scale = n_in / n_out
     filterscale = max(scale, 1.0)
     support = 2.0 * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
+    ksize = math.ceil(support) * 2 + 1
     i = torch.arange(n_out, dtype=torch.float64)
     center = (i + 0.5) * scale
     xmin = (center - support + 0.5).long().clamp(min=0)  # C's (int) truncates; the argument is ≥ −1.5 + 0.5
@@ -178,7 +178,7 @@ class OneStepGenerator(nn.Module):
             self.vae.encoder.gradient_checkpointing = True
 
     @classmethod
-    def from_config(cls, config: dict, **overrides) -> "OneStepGenerator":
+    def from_config(cls, config: dict, **overrides) -> OneStepGenerator:
         """Rebuild from a saved ``config`` (checkpoint or exported file). Files written before ``lora_alpha``,
         ``train_conv_in`` and ``lr_upsample`` existed were trained with alpha = rank, a frozen ``conv_in`` and
         torch's bicubic: those are filled in when absent, so old files keep their function."""
