@@ -293,3 +293,24 @@ def test_pil_upsampling_equals_pillow_on_a_real_photo(sample_dir):
                        torch.from_numpy(down.copy()))  # fmt: skip
     with pytest.raises(ConfigError, match="lr_upsample"):
         OneStepGenerator("tiny", lr_upsample="cubic")
+
+
+def test_a_stage1_checkpoint_carries_the_trained_conv_in():
+    """With conv_in trained (OSEDiff), the LoRA-only checkpoint keeps its base weights and the model rebuilt from
+    it (``model_from_checkpoint``: load, merge) computes what the trained generator computes."""
+    from ctsr.models.export import model_from_checkpoint
+
+    g = OneStepGenerator("tiny", seed=0).eval()
+    with torch.no_grad():
+        for n, p in g.named_parameters():
+            if "lora_B" in n or n.startswith("unet.conv_in.base_layer."):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.05)
+    state = {f"generator.{n}": p.detach().clone() for n, p in g.named_parameters() if p.requires_grad}
+    assert "generator.unet.conv_in.base_layer.weight" in state
+    model = model_from_checkpoint({"state_dict": state, "ctsr_generator_config": g.config})
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(model.generator.latent(x), g.latent(x), atol=1e-4, rtol=1e-4)
+        without = {k: v for k, v in state.items() if ".conv_in.base_layer." not in k}  # what a LoRA-only file kept
+        other = model_from_checkpoint({"state_dict": without, "ctsr_generator_config": g.config})
+        assert (other.generator.latent(x) - g.latent(x)).abs().max() > 1e-3
