@@ -825,3 +825,16 @@ def test_parity_defaults_and_invalid_modes():
     for name in ("resize_sampling", "jpeg", "poisson_levels"):
         with pytest.raises(ConfigError, match=name):
             DegradationConfig(**{name: "nope"})
+
+
+def test_diffjpeg_ignores_a_tf32_matmul_setting():
+    img = photo(24, 40)[None]
+    q = torch.tensor([30.0])
+    before = torch.get_float32_matmul_precision()
+    reference = diff_jpeg(img, q)
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert torch.equal(diff_jpeg(img, q), reference)
+        assert torch.get_float32_matmul_precision() == "medium"  # restored
+    finally:
+        torch.set_float32_matmul_precision(before)

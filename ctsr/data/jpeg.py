@@ -21,6 +21,7 @@ hold zeros; as no step mixes pixels of different 16×16 macroblocks, each sample
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,21 @@ def _code_plane(plane: Tensor, table: Tensor, factor: Tensor, consts: tuple[Tens
     return _from_blocks(0.25 * ((coeff * alpha) @ basis.T) + 128, h, w)
 
 
+@contextmanager
+def _full_float32_matmul():
+    """The DCT and colour matrices as full float32 products even where a script allows TF32 (``"high"``): TF32's
+    10-bit mantissa would move coefficients across quantisation steps."""
+    before = torch.get_float32_matmul_precision()
+    if before == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def diff_jpeg(x: Tensor, quality: Tensor) -> Tensor:
     """JPEG-code each image at its quality, as BasicSR's ``DiffJPEG(differentiable=False)``.
 
@@ -104,6 +120,11 @@ def diff_jpeg(x: Tensor, quality: Tensor) -> Tensor:
     """
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"x must be (B, 3, H, W), got {tuple(x.shape)}")
+    with _full_float32_matmul():
+        return _diff_jpeg(x, quality)
+
+
+def _diff_jpeg(x: Tensor, quality: Tensor) -> Tensor:
     b, _, h, w = x.shape
     consts = _constants(x.device, x.dtype)
     luma_table, chroma_table, to_ycbcr, to_rgb = consts[0], consts[1], consts[5], consts[6]
