@@ -1,4 +1,6 @@
 """Image reading and the data module: bad data never stops a run and never goes unnoticed."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,71 @@ def test_sample_pool_swaps_pairs_without_losing_any():
     assert sorted(out_ids[4:] + pool_ids) == sorted(seen)
     with pytest.raises(ConfigError, match="pool_size"):
         SRDataModule(train_dirs=["x"], crop_size=32, batch_size=2, pool_size=3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data/build_meta.py: OSEDiff's training list (LSDIR + first FFHQ images), checked against the test sets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _save(path, arr, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kwargs)
+
+
+def _build_meta_folders(tmp_path, sample_dir):
+    """LSDIR-like and FFHQ-like folders and a StableSR-like test set (gt/ + lq/); one LSDIR image has the pixels
+    of a test HR image under another name and format (a bundled real photo, PNG → lossless WebP)."""
+    photo = np.asarray(Image.open(sample_dir / "train" / "coffee.png").convert("RGB"))[:64, :64]
+    test = tmp_path / "RealSRVal_crop128"
+    _save(test / "gt" / "Canon_001.png", photo)
+    _save(test / "lq" / "Canon_001.png", photo[::4, ::4].copy())
+    _save(test / "gt" / "Canon_002.png", _rgb(64, 64, seed=9))
+    lsdir = tmp_path / "LSDIR" / "HR"
+    for i in range(3):
+        _save(lsdir / f"000000{i}.png", _rgb(40, 48, seed=i))
+    _save(lsdir / "0001000.webp", photo, lossless=True)  # the leak
+    ffhq = tmp_path / "FFHQ"
+    for i in range(12):
+        _save(ffhq / f"{i // 5 * 1000:05d}" / f"{i:05d}.png", _rgb(16, 16, seed=100 + i))
+    return lsdir, ffhq, test
+
+
+def test_build_meta_lists_lsdir_and_the_first_ffhq_images_and_reports_a_test_duplicate(tmp_path, sample_dir, capsys):
+    from build_meta import main, pixel_hash
+
+    lsdir, ffhq, test = _build_meta_folders(tmp_path, sample_dir)
+    leak = lsdir / "0001000.webp"
+    assert leak.read_bytes() != (test / "gt" / "Canon_001.png").read_bytes()
+    assert pixel_hash(leak) == pixel_hash(test / "gt" / "Canon_001.png")
+    out = tmp_path / "meta" / "train.txt"
+    args = ["--lsdir", str(lsdir), "--ffhq", str(ffhq), "--ffhq-count", "7", "--test", str(test), "--out", str(out)]
+    assert main(args) == 1  # a duplicate: reported, nothing written
+    printed = capsys.readouterr().out
+    assert f"duplicate: {leak.resolve()} = {(test / 'gt' / 'Canon_001.png').resolve()}" in printed
+    assert "1 equal to a test image" in printed and not out.exists()
+
+    assert main(args + ["--drop-duplicates"]) == 0
+    dm = SRDataModule(train_meta=[str(out)], crop_size=32, num_workers=0)
+    dm.setup("fit")  # the list is what data.train_meta reads
+    listed = [Path(p) for p in dm.train_set.files]
+    faces = sorted(ffhq.rglob("*.png"))[:7]  # 00000.png … 00006.png across the nested folders
+    assert listed == [p.resolve() for p in sorted(lsdir.glob("*.png"))] + [p.resolve() for p in faces]
+    assert leak.resolve() not in listed
+
+    capsys.readouterr()
+    assert main(["--check", str(out), "--test", str(test)]) == 0
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{leak}\n{lsdir / '0000000.png'}\n")
+    assert main(["--check", str(bad), "--test", str(test)]) == 1
+    assert "duplicate:" in capsys.readouterr().out
+
+
+def test_build_meta_bad_arguments_are_one_line(tmp_path, capsys):
+    from build_meta import main
+
+    assert main(["--lsdir", str(tmp_path / "nope"), "--test", str(tmp_path), "--out", str(tmp_path / "x.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"build_meta.py: error: --lsdir: folder '{tmp_path / 'nope'}' does not exist"]
+    assert main(["--test", str(tmp_path), "--out", str(tmp_path / "x.txt")]) == 2
+    assert "no training folders" in capsys.readouterr().err

@@ -1,9 +1,12 @@
-"""The batched Real-ESRGAN degradation: draw frequencies, kernel shapes, noise levels, JPEG, determinism, and a
-plain per-sample reference loop (numpy kernels, ``np.pad`` + ``conv2d`` blur, ``F.interpolate``, kornia's JPEG one
-image at a time) that the batched module must reproduce for fixed parameters."""
+"""The batched Real-ESRGAN degradation: draw frequencies, kernel shapes, noise levels, JPEG, determinism, a plain
+per-sample reference loop (numpy kernels, ``np.pad`` + ``conv2d`` blur, ``F.interpolate`` with ``scale_factor`` or
+``size``, BasicSR-style DiffJPEG or kornia's JPEG one image at a time) that the batched module must reproduce for
+fixed parameters, and outputs of Real-ESRGAN's and BasicSR's own code (``tests/fixtures/realesrgan/``)."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import kornia
 import numpy as np
@@ -14,6 +17,7 @@ from scipy import ndimage, special
 from skimage import data as skdata
 
 from ctsr.data.degradations import (
+    RESIZE_DIRECTIONS,
     RESIZE_MODES,
     DegradationConfig,
     KernelProbs,
@@ -22,11 +26,13 @@ from ctsr.data.degradations import (
     add_gaussian_noise,
     add_poisson_noise,
     blur,
+    count_levels,
     crop_to_scale,
     jpeg,
     resize,
     usm_sharp,
 )
+from ctsr.data.jpeg import diff_jpeg
 from ctsr.data.kernels import (
     ANISO,
     GENERALIZED_ANISO,
@@ -40,6 +46,8 @@ from ctsr.data.kernels import (
     mixed_kernels,
 )
 from ctsr.errors import ConfigError
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "realesrgan"))  # make_fixtures.CASES
 
 SIGMAS = 5  # binomial tolerance of the frequency tests, in standard deviations
 
@@ -112,16 +120,26 @@ def ref_blur(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     return F.conv2d(padded[None], weight, groups=3)[0]
 
 
-def ref_resize(img: torch.Tensor, size: tuple[int, int], mode: int) -> torch.Tensor:
+def ref_resize(img: torch.Tensor, size: tuple[int, int], mode: int, scale: float | None = None) -> torch.Tensor:
+    if scale is not None:  # Real-ESRGAN's first resize
+        out = F.interpolate(img[None], scale_factor=scale, mode=RESIZE_MODES[mode])[0]
+        assert out.shape[-2:] == size
+        return out
     return F.interpolate(img[None], size=size, mode=RESIZE_MODES[mode])[0]
 
 
-def ref_jpeg(img: torch.Tensor, quality: float) -> torch.Tensor:
+def ref_jpeg(img: torch.Tensor, quality: float, codec: str = "kornia") -> torch.Tensor:
+    """One image alone through the codec (``diff_jpeg`` is checked against BasicSR's own outputs below)."""
+    if codec == "diffjpeg":
+        return diff_jpeg(img.clamp(0, 1)[None], torch.tensor([quality]))[0]
     return kornia.enhance.jpeg_codec_differentiable(img.clamp(0, 1)[None], torch.tensor([quality]))[0]
 
 
-def ref_degrade(hr: torch.Tensor, params, b: int) -> torch.Tensor:
-    """Sample b alone, its noise switched off (σ = 0 or Poisson scale 0): the pipeline of the module docstring."""
+def ref_degrade(hr: torch.Tensor, params, b: int, config: DegradationConfig | None = None) -> torch.Tensor:
+    """Sample b alone, its noise switched off (σ = 0 or Poisson scale 0): the pipeline of the module docstring,
+    with the config's resize sampling and JPEG codec (default: Real-ESRGAN's)."""
+    config = config or DegradationConfig()
+    codec = config.jpeg
     p1, p2, pf = params.first, params.second, params.final
     assert float(p1.noise_sigma[b]) == 0 and float(p1.poisson_scale[b]) == 0
     assert float(p2.noise_sigma[b]) == 0 and float(p2.poisson_scale[b]) == 0
@@ -129,16 +147,17 @@ def ref_degrade(hr: torch.Tensor, params, b: int) -> torch.Tensor:
     x = hr[:, : 4 * h, : 4 * w]
     x = ref_blur(x, ref_kernels_of(p1.kernel, b))
     s1 = float(p1.resize_scale[b])
-    x = ref_resize(x, (math.floor(4 * h * s1), math.floor(4 * w * s1)), int(p1.resize_mode[b]))
-    x = ref_jpeg(x.clamp(0, 1), float(p1.jpeg_quality[b]))  # the noise step clips
+    scale = s1 if config.resize_sampling == "scale_factor" else None
+    x = ref_resize(x, (math.floor(4 * h * s1), math.floor(4 * w * s1)), int(p1.resize_mode[b]), scale)
+    x = ref_jpeg(x.clamp(0, 1), float(p1.jpeg_quality[b]), codec)  # the noise step clips
     x = ref_blur(x, ref_kernels_of(p2.kernel, b))
     s2 = float(p2.resize_scale[b])
     x = ref_resize(x, (math.floor(h * s2), math.floor(w * s2)), int(p2.resize_mode[b])).clamp(0, 1)
     q, mode, sinc = float(p2.jpeg_quality[b]), int(pf.resize_mode[b]), ref_kernels_of(pf.sinc, b)
     if bool(pf.jpeg_first[b]):
-        x = ref_blur(ref_resize(ref_jpeg(x, q), (h, w), mode), sinc)
+        x = ref_blur(ref_resize(ref_jpeg(x, q, codec), (h, w), mode), sinc)
     else:
-        x = ref_jpeg(ref_blur(ref_resize(x, (h, w), mode), sinc), q)
+        x = ref_jpeg(ref_blur(ref_resize(x, (h, w), mode), sinc), q, codec)
     return (x * 255).round().clamp(0, 255) / 255
 
 
@@ -367,28 +386,30 @@ def test_noise_is_clipped():
         assert out.min() >= 0 and out.max() <= 1
 
 
-def test_lower_jpeg_quality_gives_larger_error():
+@pytest.mark.parametrize("codec", ["diffjpeg", "kornia"])
+def test_lower_jpeg_quality_gives_larger_error(codec):
     img = photo(64, 96)[None].repeat(4, 1, 1, 1)
     quality = torch.tensor([10.0, 30.0, 60.0, 95.0])
-    out = jpeg(img, ([64] * 4, [96] * 4), quality)
+    out = jpeg(img, ([64] * 4, [96] * 4), quality, codec)
     error = (out - img).abs().mean(dim=(1, 2, 3))
     assert (error[:-1] > error[1:]).all(), error
 
 
-def test_jpeg_on_a_canvas_codes_each_sample_as_alone():
+@pytest.mark.parametrize("codec", ["diffjpeg", "kornia"])
+def test_jpeg_on_a_canvas_codes_each_sample_as_alone(codec):
     img = photo(64, 80)
     sizes = ([45, 30, 64, 32], [37, 80, 50, 48])
     quality = torch.tensor([40.0, 70.0, 50.0, 60.0])
     canvas = torch.rand(4, 3, 64, 80)
     for b in range(4):
         canvas[b, :, : sizes[0][b], : sizes[1][b]] = img[:, : sizes[0][b], : sizes[1][b]]
-    out = jpeg(canvas, sizes, quality)
+    out = jpeg(canvas, sizes, quality, codec)
     for b in range(4):
         h, w = sizes[0][b], sizes[1][b]
-        diff = (out[b, :, :h, :w] - ref_jpeg(img[:, :h, :w], float(quality[b]))).abs()
-        if b < 3:  # no side a multiple of 16 below the canvas: the same blocks, the same bytes
+        diff = (out[b, :, :h, :w] - ref_jpeg(img[:, :h, :w], float(quality[b]), codec)).abs()
+        if b < 3 or codec == "diffjpeg":  # the same blocks, the same bytes (DiffJPEG has no cross-block filter)
             assert diff.max() < 1e-5
-        else:  # 32×48 on 64×80: only the last MCU row and column (16 px, +1) move, by a few levels
+        else:  # kornia, 32×48 on 64×80: only the last MCU row and column (16 px, +1) move, by a few levels
             assert diff[:, : h - 17, : w - 17].max() < 1e-5
             assert 0 < diff.max() < 6 / 255
 
@@ -409,9 +430,9 @@ def test_cpu_jpeg_chunks_change_no_value(monkeypatch):
     img = torch.stack([photo(48, 64, *c) for c in (("astronaut", 0, 0), ("coffee", 30, 90), ("rocket", 80, 40))])
     sizes, quality = ([48, 40, 33], [64, 64, 50]), torch.tensor([35.0, 60.0, 90.0])
     monkeypatch.setattr(degradations, "JPEG_CPU_CHUNK_PIXELS", 1 << 40)
-    whole = jpeg(img, sizes, quality)
+    whole = jpeg(img, sizes, quality, "kornia")
     monkeypatch.setattr(degradations, "JPEG_CPU_CHUNK_PIXELS", 2 * 48 * 64)  # chunks of 2, then 1
-    chunked = jpeg(img, sizes, quality)
+    chunked = jpeg(img, sizes, quality, "kornia")
     assert chunked.shape == whole.shape and (chunked - whole).abs().max() < 1e-5
 
 
@@ -454,15 +475,19 @@ def test_ragged_blur_matches_numpy_reflect_per_sample():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("max_groups", [1, 5, None])
-def test_reference_loop_agrees_for_fixed_parameters(max_groups):
-    module = RealESRGANDegradation(max_groups=max_groups)
+LEGACY = dict(resize_sampling="size", jpeg="kornia", poisson_levels="256")  # the suite's modes before parity
+
+
+@pytest.mark.parametrize("max_groups, modes", [(1, {}), (5, {}), (None, {}), (None, LEGACY), (3, LEGACY)])
+def test_reference_loop_agrees_for_fixed_parameters(max_groups, modes):
+    config = DegradationConfig(**modes)
+    module = RealESRGANDegradation(config, max_groups=max_groups)
     hr = hr_batch(64, 48)
     params = fixed_params(module)
     out = module.apply(hr, params, torch.Generator().manual_seed(11))
     assert out.shape == (5, 3, 16, 12)
     for b in range(5):
-        expected = ref_degrade(hr[b], params, b)
+        expected = ref_degrade(hr[b], params, b, config)
         diff = (out[b] - expected).abs()
         # float rounding can flip a value across a rounding boundary of the final 8-bit quantisation
         assert diff.max() <= 1 / 255 + 1e-6, (b, diff.max())
@@ -470,16 +495,22 @@ def test_reference_loop_agrees_for_fixed_parameters(max_groups):
 
 
 def test_reference_loop_agrees_for_drawn_parameters():
-    """Drawn sizes: this seed keeps one sample at 64 px (a multiple of 16) below a larger canvas, so the JPEG edge
-    effect of the module docstring shows up: a few levels on the last MCU rows, nothing on average."""
-    module = RealESRGANDegradation()
+    """Drawn sizes: this seed keeps one sample at 64 px (a multiple of 16) below a larger canvas, so with kornia's
+    codec the JPEG edge effect of the module docstring shows up: a few levels on the last MCU rows, nothing on
+    average. BasicSR's DiffJPEG (the default) has no such effect: only final 8-bit rounding flips remain."""
     hr = hr_batch(64, 64)
-    params = zero_noise(module.sample_params(5, torch.Generator().manual_seed(14)))
-    assert (params.first.resize_scale == 1).sum() == 1 and (params.first.resize_scale > 1).any()
-    out = module.apply(hr, params)
-    expected = torch.stack([ref_degrade(hr[b], params, b) for b in range(5)])
-    diff = (out - expected).abs()
-    assert diff.mean() < 0.5 / 255 and diff.max() < 12 / 255, (diff.mean() * 255, diff.max() * 255)
+    for modes in ({}, LEGACY):
+        config = DegradationConfig(**modes)
+        module = RealESRGANDegradation(config)
+        params = zero_noise(module.sample_params(5, torch.Generator().manual_seed(14)))
+        assert (params.first.resize_scale == 1).sum() == 1 and (params.first.resize_scale > 1).any()
+        out = module.apply(hr, params)
+        expected = torch.stack([ref_degrade(hr[b], params, b, config) for b in range(5)])
+        diff = (out - expected).abs()
+        if modes:
+            assert diff.mean() < 0.5 / 255 and diff.max() < 12 / 255, (diff.mean() * 255, diff.max() * 255)
+        else:
+            assert diff.max() <= 1 / 255 + 1e-6 and (diff > 0).float().mean() < 0.01, diff.max() * 255
 
 
 @pytest.mark.parametrize("size", [(68, 68), (100, 84), (70, 85), (4, 9)])
@@ -628,3 +659,182 @@ def test_jsonargparse_builds_the_module_from_yaml():
     assert module.config.second.blur_prob == 0.5 and tuple(module.config.second.jpeg_range) == (40, 90)
     assert module.config.second.kernel_prob.iso == 0.5 and module.config.second.kernel_prob.plateau_iso == 0.12
     assert module.config.first == OrderConfig()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parity with Real-ESRGAN's and BasicSR's own code (outputs in tests/fixtures/realesrgan/, see its README)
+# ---------------------------------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "realesrgan"
+MODE_INDEX = {m: i for i, m in enumerate(RESIZE_MODES)}
+KIND_INDEX = {k: i for i, k in enumerate(KERNEL_TYPES)}
+
+
+def fixture(name: str) -> dict:
+    with np.load(FIXTURES / f"{name}.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def _set_kernel(kp, specs: list[dict]) -> None:
+    kp.kind = torch.tensor([KIND_INDEX[s["kind"]] for s in specs])
+    kp.size = torch.tensor([s["size"] for s in specs])
+    kp.sigma_x = torch.tensor([s.get("sigma_x", 1.0) for s in specs])
+    kp.sigma_y = torch.tensor([s.get("sigma_y", s.get("sigma_x", 1.0)) for s in specs])
+    kp.theta = torch.tensor([s.get("theta", 0.0) for s in specs])
+    kp.beta = torch.tensor([s.get("beta", 1.0) for s in specs])
+    kp.omega_c = torch.tensor([s.get("omega_c", 1.0) for s in specs])
+
+
+def feed_data_params(module: RealESRGANDegradation, case: dict):
+    """The module's parameters for one scripted ``feed_data`` call of ``make_fixtures.CASES`` (batch of 2)."""
+    params = module.sample_params(2, torch.Generator().manual_seed(0))
+    p1, p2, pf = params.first, params.second, params.final
+    identity = [dict(kind="identity", size=21)] * 2
+    for p, (direction, scale, mode), kernels in (
+        (p1, case["first"], case["kernel1"]),
+        (p2, case["second"], case["kernel2"] if case["second_blur"] else identity),
+    ):
+        p.resize = torch.tensor([RESIZE_DIRECTIONS.index(direction)] * 2)
+        p.resize_scale = torch.tensor([scale] * 2)
+        p.resize_mode = torch.tensor([MODE_INDEX[mode]] * 2)
+        p.gaussian_noise, p.gray_noise = torch.tensor([True, True]), torch.tensor([False, False])
+        p.noise_sigma, p.poisson_scale = torch.zeros(2), torch.zeros(2)
+        _set_kernel(p.kernel, kernels)
+    p1.jpeg_quality, p2.jpeg_quality = (torch.tensor([q] * 2) for q in case["jpeg"])
+    _set_kernel(pf.sinc, case["sinc"])
+    pf.resize_mode = torch.tensor([MODE_INDEX[case["final"][1]]] * 2)
+    pf.jpeg_first = torch.tensor([case["final"][0] == "jpeg_first"] * 2)
+    return params
+
+
+class FixedDegradation(torch.nn.Module):
+    """The module with fixed parameters, as the data module calls a degradation (``config``, ``forward``)."""
+
+    def __init__(self, module: RealESRGANDegradation, params) -> None:
+        super().__init__()
+        self.module, self.params, self.config = module, params, module.config
+
+    def forward(self, hr, generator=None, seeds=None):
+        return self.module.apply(hr, self.params, generator)
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_usm_then_degrade_equals_real_esrgan_feed_data(case):
+    """Real-ESRGAN's ``feed_data`` on a stub model (its random draws scripted, noise off): the data module with
+    ``usm_sharpen_gt`` sharpens the GT, degrades the sharpened GT and returns it as the target, and the LR equals
+    Real-ESRGAN's to the 8-bit level (here: every byte)."""
+    from make_fixtures import CASES
+
+    from ctsr.data.datamodule import SRDataModule
+
+    ref = fixture("feed_data")
+    gt = torch.from_numpy(ref["gt"]).permute(0, 3, 1, 2).float() / 255
+    module = RealESRGANDegradation(DegradationConfig(usm_sharpen_gt=True))
+    params = feed_data_params(module, CASES[case])
+    for name, kp in (("kernel1", params.first.kernel), ("kernel2", params.second.kernel), ("sinc", params.final.sinc)):
+        torch.testing.assert_close(kp.kernels(), torch.from_numpy(ref[f"case{case}_{name}"]), atol=2e-7, rtol=0)
+    dm = SRDataModule(degradation=FixedDegradation(module, params), num_workers=0)
+    batch = dm.on_after_batch_transfer({"hr": gt.clone()}, 0)
+    torch.testing.assert_close(batch["hr"], torch.from_numpy(ref["gt_usm"]), atol=2e-6, rtol=0)
+    expected = torch.from_numpy(ref[f"case{case}_lq"]).float() / 255
+    diff = (batch["lr"] - expected).abs()
+    assert diff.max() <= 1 / 255 + 1e-6 and (diff > 0).float().mean() < 0.005, (diff.max() * 255, diff.mean() * 255)
+    # each parity mode matters here: switching any one back moves the LR by whole levels on average
+    for modes, hr in (({}, gt), ({"resize_sampling": "size"}, batch["hr"]), ({"jpeg": "kornia"}, batch["hr"])):
+        other = RealESRGANDegradation(DegradationConfig(**modes)).apply(hr, params)
+        assert (other - expected).abs().mean() > 0.5 / 255, modes
+
+
+def test_first_resize_samples_as_interpolate_with_scale_factor():
+    """Real-ESRGAN's first resize is ``F.interpolate(out, scale_factor=s, mode=mode)``: a grid with spacing 1/s, not
+    the stretched grid of ``size=⌊H·s⌋``; the batched resize reproduces it per sample, on a ragged canvas."""
+    img = photo(50, 46)
+    scales = [0.37, 1.3, 0.83, 1.0, 0.151]
+    for mode in range(3):
+        sizes = ([math.floor(50 * s) for s in scales], [math.floor(46 * s) for s in scales])
+        canvas = (max(sizes[0]), max(sizes[1]))
+        x = img[None].expand(len(scales), -1, -1, -1)
+        out = resize(x, ([50] * 5, [46] * 5), sizes, [mode] * 5, canvas, scales)
+        stretched = resize(x, ([50] * 5, [46] * 5), sizes, [mode] * 5, canvas)
+        for b, s in enumerate(scales):
+            h, w = sizes[0][b], sizes[1][b]
+            expected = F.interpolate(img[None], scale_factor=s, mode=RESIZE_MODES[mode])[0]
+            assert expected.shape[-2:] == (h, w)
+            torch.testing.assert_close(out[b, :, :h, :w], expected, atol=2e-6, rtol=0)
+            if mode and s not in (1.0,):  # the linear modes sample elsewhere with size= (area pools by sizes)
+                assert (stretched[b, :, :h, :w] - expected).abs().max() > 1 / 255
+
+
+@pytest.mark.parametrize("which", ["colour", "gray"])
+def test_poisson_noise_equals_basicsr_with_its_level_count(which):
+    """BasicSR's ``add_poisson_noise_pt`` after ``torch.manual_seed(seed)``: with ``levels=None`` (count the image's
+    levels) and a generator of the same seed, the same counts are drawn, so the output is the same; the second
+    image is posterised to 23 levels, where a constant 256 levels gives a different noise."""
+    ref = fixture("poisson")
+    x, scale = torch.from_numpy(ref["input"]), torch.from_numpy(ref["scale"])
+    gray = torch.tensor([which == "gray"] * 2)
+    expected = torch.from_numpy(ref[which])
+    out = add_poisson_noise(x, scale, gray, torch.Generator().manual_seed(int(ref["seed"])), levels=None)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    fixed = add_poisson_noise(x, scale, gray, torch.Generator().manual_seed(int(ref["seed"])), levels=256)
+    assert (fixed[1] - expected[1]).abs().mean() > 5 / 255
+
+
+def test_level_count_is_per_sample_and_ignores_the_canvas():
+    photo_img = photo(24, 32)
+    poster = torch.round(photo_img * 22) / 22  # 23 levels per channel
+    two = torch.stack([(photo_img * 255).round() / 255, poster])
+    for b in range(2):
+        v = len(torch.unique(two[b]))
+        assert count_levels(two[b : b + 1]).item() == 2 ** math.ceil(math.log2(v))
+    assert count_levels(two).tolist() == [256.0, 32.0]
+    canvas = torch.zeros(2, 3, 40, 40)
+    canvas[:, :, :24, :32] = two
+    canvas[1, :, 30:, 30:] = torch.rand(3, 10, 10)  # beyond sample 1: must not count
+    assert count_levels(canvas, ([24, 24], [32, 32])).tolist() == [256.0, 32.0]
+    assert count_levels(canvas).tolist()[1] == 256.0
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_diffjpeg_equals_basicsr(index):
+    """BasicSR's ``DiffJPEG(differentiable=False)`` at q = 30, 60, 95 on 24×40 photos (padded to 32×48), and at
+    q = 47.5 on a 21×27 crop: equal to float rounding; kornia's codec is several levels away."""
+    ref = fixture("diffjpeg")
+    img = torch.from_numpy(ref["input"]).permute(0, 3, 1, 2).float() / 255
+    q = torch.from_numpy(ref["quality"])
+    expected = torch.from_numpy(ref["output"])[index]
+    out = diff_jpeg(img, q)[index]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    # through the batched step on a ragged canvas too
+    canvas = torch.rand(2, 3, 40, 50)
+    canvas[1, :, :24, :40] = img[index]
+    coded = jpeg(canvas, ([40, 24], [50, 40]), torch.tensor([50.0, float(q[index])]))
+    torch.testing.assert_close(coded[1, :, :24, :40], expected, atol=1e-5, rtol=0)
+    other = kornia.enhance.jpeg_codec_differentiable(img[index : index + 1], q[index : index + 1])[0]
+    assert (other - expected).abs().mean() > 1 / 255
+    odd = torch.from_numpy(ref["odd_input"]).permute(2, 0, 1).float()[None] / 255
+    torch.testing.assert_close(
+        diff_jpeg(odd, torch.from_numpy(ref["odd_quality"]).reshape(1)), torch.from_numpy(ref["odd_output"]),
+        atol=1e-5, rtol=0,
+    )
+
+
+def test_parity_defaults_and_invalid_modes():
+    cfg = DegradationConfig()
+    assert (cfg.resize_sampling, cfg.jpeg, cfg.poisson_levels) == ("scale_factor", "diffjpeg", "count")
+    for name in ("resize_sampling", "jpeg", "poisson_levels"):
+        with pytest.raises(ConfigError, match=name):
+            DegradationConfig(**{name: "nope"})
+
+
+def test_diffjpeg_ignores_a_tf32_matmul_setting():
+    img = photo(24, 40)[None]
+    q = torch.tensor([30.0])
+    before = torch.get_float32_matmul_precision()
+    reference = diff_jpeg(img, q)
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert torch.equal(diff_jpeg(img, q), reference)
+        assert torch.get_float32_matmul_precision() == "medium"  # restored
+    finally:
+        torch.set_float32_matmul_precision(before)

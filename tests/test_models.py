@@ -6,7 +6,7 @@ import torch
 from peft import LoraConfig
 
 from ctsr.errors import ConfigError, MissingWeightsError
-from ctsr.models.generator import OneStepGenerator
+from ctsr.models.generator import OneStepGenerator, pil_bicubic_resize
 from ctsr.models.loading import load_osediff_lora, load_sd_components
 from ctsr.models.lora import merge_and_remove_lora
 from ctsr.models.teachers import AnchoredTeacher, UNetTeacher
@@ -38,7 +38,8 @@ def test_generator_follows_osediff_formula(tiny_generator):
 def test_lora_only_where_osediff_puts_it(tiny_generator):
     g = tiny_generator
     trainable = {n for n, p in g.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
+    # LoRA weights, plus the UNet's conv_in in full (OSEDiff's set_train: unet.conv_in.requires_grad_(True))
+    assert trainable and all("lora_" in n or n.startswith("unet.conv_in.base_layer.") for n in trainable)
     assert any(n.startswith("unet.") for n in trainable)
     assert any(n.startswith("vae.encoder.") for n in trainable)
     assert any(n.startswith("vae.quant_conv") for n in trainable)
@@ -207,3 +208,109 @@ def test_spandrel_checkpoint_is_a_fidelity_teacher(tmp_path):
     x = torch.rand(1, 3, 8, 8)
     assert t.upscale(x).shape == (1, 3, 32, 32)
     assert all(not p.requires_grad for p in t.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OSEDiff parity: LoRA scaling, conv_in, latent sampling, PIL's bicubic
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha, scale", [(None, 2.0), (4.0, 1.0), (2.0, 0.5)])
+def test_fresh_lora_scaling_is_alpha_over_rank(alpha, scale):
+    """OSEDiff leaves peft's lora_alpha = 8: at rank 4 a fresh adapter adds 2·B·A to the weight."""
+    kwargs = {} if alpha is None else {"lora_alpha": alpha}
+    g = OneStepGenerator("tiny", lora_rank=4, vae_lora_rank=4, seed=0, **kwargs)
+    for model in (g.unet, g.vae):
+        cfg = model.peft_config["ctsr"]
+        assert cfg.r == 4 and cfg.lora_alpha == (8 if alpha is None else alpha)
+    layer = g.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    assert layer.scaling["ctsr"] == scale
+    with torch.no_grad():
+        layer.lora_B["ctsr"].weight.normal_(0, 0.1)
+        x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(0))
+        delta = layer(x) - layer.get_base_layer()(x)
+        a, b = layer.lora_A["ctsr"].weight, layer.lora_B["ctsr"].weight
+        torch.testing.assert_close(delta, scale * x @ (b @ a).T, atol=1e-5, rtol=1e-5)
+    conv = g.vae.get_submodule("encoder.conv_in")  # the VAE encoder's adapter has the same scale
+    assert conv.scaling["ctsr"] == scale
+
+
+@pytest.mark.parametrize("train_conv_in", [True, False])
+def test_conv_in_trainable_per_option(train_conv_in):
+    g = OneStepGenerator("tiny", train_conv_in=train_conv_in, seed=0)
+    base = [p for n, p in g.named_parameters() if n.startswith("unet.conv_in.base_layer.")]
+    assert len(base) == 2 and all(p.requires_grad == train_conv_in for p in base)
+    assert not any(p.requires_grad for n, p in g.named_parameters()
+                   if "lora_" not in n and not n.startswith("unet.conv_in."))  # fmt: skip
+    assert g.config["train_conv_in"] is train_conv_in
+
+
+def test_saved_configs_without_the_new_options_rebuild_as_trained():
+    old = dict(pretrained="tiny", osediff_lora=None, lora_rank=2, vae_lora_rank=2, prompt="", latent_sampling="auto",
+               seed=0)  # fmt: skip
+    g = OneStepGenerator.from_config(old)
+    assert g.unet.peft_config["ctsr"].lora_alpha == 2 and g.config["train_conv_in"] is False
+    assert g.lr_upsample == "torch"
+    assert OneStepGenerator.from_config(g.config).config == g.config
+
+
+def test_latent_is_sampled_in_training_and_the_mode_in_eval(tiny_generator):
+    g = tiny_generator
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        dist = g.vae.encode(x).latent_dist
+        mode = dist.mode() * g.scaling_factor
+        g.train()
+        a, b = g.encode(x, torch.Generator().manual_seed(1)), g.encode(x, torch.Generator().manual_seed(2))
+        assert not torch.allclose(a, b)  # a draw: OSEDiff_gen.forward's latent_dist.sample()
+        expected = dist.sample(torch.Generator().manual_seed(1)) * g.scaling_factor
+        torch.testing.assert_close(a, expected)
+        g.eval()
+        torch.testing.assert_close(g.encode(x, torch.Generator().manual_seed(1)), mode)
+        torch.testing.assert_close(g.encode(x, sample=True, generator=torch.Generator().manual_seed(1)), expected)
+    always = OneStepGenerator("tiny", latent_sampling="sample", seed=0).eval()  # OSEDiff_test.forward samples
+    with torch.no_grad():
+        assert not torch.allclose(always.encode(x, torch.Generator().manual_seed(3)), always.encode_base(x))
+
+
+def test_pil_upsampling_equals_pillow_on_a_real_photo(sample_dir):
+    """``lr_upsample: pil`` is PIL's Image.resize(BICUBIC) (OSEDiff's test_osediff.py), byte for byte; torch's
+    bicubic (a = −0.75, edges repeated) differs by several levels."""
+    import numpy as np
+    from PIL import Image
+
+    photo = Image.open(sample_dir / "train" / "astronaut.png").convert("RGB").crop((150, 40, 150 + 45, 40 + 31))
+    expected = np.asarray(photo.resize((4 * 45, 4 * 31), Image.BICUBIC))
+    x = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None].float() / 255
+    ours = pil_bicubic_resize(x, (4 * 31, 4 * 45))
+    assert torch.equal((ours * 255).round().byte()[0].permute(1, 2, 0), torch.from_numpy(expected.copy()))
+    g = OneStepGenerator("tiny", lr_upsample="pil", seed=0)
+    assert torch.equal(g.upsample(x), ours)
+    by_torch = OneStepGenerator("tiny", seed=0).upsample(x)
+    assert (by_torch - ours).abs().max() > 3 / 255
+    down = np.asarray(photo.resize((20, 13), Image.BICUBIC))  # PIL's antialiased downscale too
+    assert torch.equal((pil_bicubic_resize(x, (13, 20)) * 255).round().byte()[0].permute(1, 2, 0),
+                       torch.from_numpy(down.copy()))  # fmt: skip
+    with pytest.raises(ConfigError, match="lr_upsample"):
+        OneStepGenerator("tiny", lr_upsample="cubic")
+
+
+def test_a_stage1_checkpoint_carries_the_trained_conv_in():
+    """With conv_in trained (OSEDiff), the LoRA-only checkpoint keeps its base weights and the model rebuilt from
+    it (``model_from_checkpoint``: load, merge) computes what the trained generator computes."""
+    from ctsr.models.export import model_from_checkpoint
+
+    g = OneStepGenerator("tiny", seed=0).eval()
+    with torch.no_grad():
+        for n, p in g.named_parameters():
+            if "lora_B" in n or n.startswith("unet.conv_in.base_layer."):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.05)
+    state = {f"generator.{n}": p.detach().clone() for n, p in g.named_parameters() if p.requires_grad}
+    assert "generator.unet.conv_in.base_layer.weight" in state
+    model = model_from_checkpoint({"state_dict": state, "ctsr_generator_config": g.config})
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(model.generator.latent(x), g.latent(x), atol=1e-4, rtol=1e-4)
+        without = {k: v for k, v in state.items() if ".conv_in.base_layer." not in k}  # what a LoRA-only file kept
+        other = model_from_checkpoint({"state_dict": without, "ctsr_generator_config": g.config})
+        assert (other.generator.latent(x) - g.latent(x)).abs().max() > 1e-3

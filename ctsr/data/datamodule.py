@@ -179,10 +179,12 @@ class SRDataModule(L.LightningDataModule):
                 batch["lr"] = self.degradation(batch["hr"], seeds=batch["seed"])
                 return batch
             generator = self._train_generator(batch["hr"].device)
-            batch["lr"] = self.degradation(batch["hr"], generator=generator)
             config = getattr(self.degradation, "config", None)
-            if getattr(config, "usm_sharpen_gt", False):  # sharpen the target, not the input (Real-ESRGAN)
-                batch["hr"] = usm_sharp(batch["hr"]).clamp(0, 1)
+            if getattr(config, "usm_sharpen_gt", False):
+                # Real-ESRGAN's feed_data degrades the sharpened GT (gt_usm), which is also the target of its L1
+                # and perceptual losses (l1_gt_usm, percep_gt_usm); no clamp, as there
+                batch["hr"] = usm_sharp(batch["hr"])
+            batch["lr"] = self.degradation(batch["hr"], generator=generator)
             if self.pool_size:
                 batch = self._swap_with_pool(batch, generator)
         return batch

@@ -11,9 +11,18 @@ with the default ranges of ``train_realesrgan_x4plus.yml`` (DESIGN §7)::
 Real-ESRGAN draws the resize scales, interpolation modes, noise types and the final order once per batch; here
 every sample draws its own (DESIGN §7), so samples of one batch have different sizes in the middle of the pipeline.
 
+**Parity with Real-ESRGAN.** By default each step is Real-ESRGAN's (``DegradationConfig``): the first resize samples
+as ``F.interpolate(scale_factor=s1)`` (``resize_sampling``), the JPEG is BasicSR's ``DiffJPEG(differentiable=False)``
+(``jpeg``, own implementation in ``ctsr.data.jpeg``), the Poisson noise counts the image's own 8-bit levels as
+BasicSR's ``add_poisson_noise_pt`` (``poisson_levels``), and with ``usm_sharpen_gt`` the data module degrades the
+sharpened GT. ``tests/fixtures/realesrgan/`` holds outputs of Real-ESRGAN's ``feed_data`` and BasicSR's functions
+that the tests compare with. What stays different by design: the draws (per sample here, per batch there) and the
+random streams of the noise.
+
 **Per-sample sizes.** Each sample goes through exactly the sizes it would have alone: H×W → ⌊H·s1⌋×⌊W·s1⌋ →
-⌊h·s2⌋×⌊w·s2⌋ → h×w with h, w = H/4, W/4, each resize by ``F.interpolate(size=…)`` semantics (``align_corners=False``,
-no antialias, as Real-ESRGAN). The noise grain and the JPEG 8×8 blocks therefore land at the sample's own
+⌊h·s2⌋×⌊w·s2⌋ → h×w with h, w = H/4, W/4, the first resize by ``F.interpolate(scale_factor=s1)`` semantics (or
+``size=`` with ``resize_sampling: size``), the others by ``F.interpolate(size=…)`` (``align_corners=False``, no
+antialias, as Real-ESRGAN). The noise grain and the JPEG 8×8 blocks therefore land at the sample's own
 intermediate resolution, as in Real-ESRGAN, rather than at a resolution shared with the rest of the batch. To keep
 one tensor per step, the samples sit top-left on a zero "canvas" of the largest size, each with its valid size
 (h_b, w_b):
@@ -23,13 +32,13 @@ one tensor per step, the samples sit top-left on a zero "canvas" of the largest 
   is ever read; exact float arithmetic, unlike a matmul that a script may switch to TF32);
 * a blur first fills each sample's border by reflection about its own edges (a gather, ``np.pad(mode="reflect")``
   semantics, which also holds when the image is smaller than the kernel), then runs one ``filter2d``;
-* JPEG first fills the canvas beyond each sample by replicating its last row/column, which is the padding the
-  codec applies to a lone image, then codes the canvas with a per-sample quality;
+* JPEG first fills the canvas beyond each sample with the padding the codec gives a lone image (zeros for
+  BasicSR's DiffJPEG, the last row/column for kornia's), then codes the canvas with a per-sample quality;
 * noise is per pixel, so the canvas changes nothing.
 
 The result equals the per-sample pipeline (the plain loop in ``tests/test_degradations.py``) up to float rounding,
-with one exception: when a sample's intermediate height or width is a multiple of 16 and smaller than its canvas,
-kornia's codec, which filters the chroma over the whole image, sees the canvas fill beyond that edge where a lone
+with one exception for ``jpeg: kornia`` only: when a sample's intermediate height or width is a multiple of 16 and
+smaller than its canvas, kornia's codec, which filters the chroma over the whole image, sees the canvas fill beyond that edge where a lone
 image ends, so the sample's last MCU row or column (16–17 px) moves by up to 2–3 8-bit levels (the JPEG stays a
 JPEG; the module is then merely not bit-equal to the per-sample loop). To keep the canvases tight, the first order (whose sizes
 range over 0.15–1.5×H) runs in up to ``max_groups`` sub-batches of similar sizes, the largest sample of each
@@ -56,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctsr.data.jpeg import diff_jpeg
 from ctsr.data.kernels import (
     IDENTITY, ISOTROPIC_TYPES, MAX_KERNEL_SIZE, PLATEAU_TYPES, SINC, host_tensor, mixed_kernels
 )
@@ -65,9 +75,12 @@ SCALE = 4
 RESIZE_MODES: tuple[str, ...] = ("area", "bilinear", "bicubic")
 RESIZE_DIRECTIONS: tuple[str, ...] = ("up", "down", "keep")
 UP, DOWN, KEEP = range(3)
-# Real-ESRGAN counts the distinct 8-bit levels v of each image and uses 2^⌈log2 v⌉ photon levels; for any natural
-# image with more than 128 levels that is 256, the constant used here (no per-image ``unique`` and host sync).
+# BasicSR counts the distinct 8-bit levels v of each image and uses 2^⌈log2 v⌉ photon levels (``poisson_levels:
+# count``); for any natural image with more than 128 levels that is 256, the constant of ``poisson_levels: "256"``.
 POISSON_LEVELS = 256
+RESIZE_SAMPLING: tuple[str, ...] = ("scale_factor", "size")
+JPEG_CODECS: tuple[str, ...] = ("diffjpeg", "kornia")
+POISSON_LEVEL_MODES: tuple[str, ...] = ("count", "256")
 # sub-batches of the first order when ``max_groups`` is None: a CPU gains little from large batches and much from
 # tight canvases (16 × 512²: 8 groups 26 % faster than 4); an accelerator gains from fewer, larger launches
 CPU_MAX_GROUPS, DEVICE_MAX_GROUPS = 8, 4
@@ -193,8 +206,22 @@ class DegradationConfig:
     final_jpeg_first_prob: float = 0.5
     """Probability of the final order JPEG → resize → sinc; otherwise resize → sinc → JPEG."""
     usm_sharpen_gt: bool = False
-    """Sharpen the GT with ``usm_sharp`` before degrading it (Real-ESRGAN does; OSEDiff does not). Read by the
-    data module; the degradation itself never sharpens."""
+    """Sharpen the GT with ``usm_sharp`` and degrade the sharpened GT, which is also the training target (Real-ESRGAN
+    ``feed_data`` degrades ``gt_usm``; OSEDiff does not sharpen). Read by the data module; the degradation itself
+    never sharpens."""
+    resize_sampling: str = "scale_factor"
+    """How the first order's random resize samples: ``scale_factor`` as Real-ESRGAN's ``F.interpolate(out,
+    scale_factor=s)`` (output ⌊H·s⌋, source coordinate (i + ½)/s − ½), or ``size``: ``F.interpolate(size=⌊H·s⌋)``
+    (coordinate (i + ½)·H/⌊H·s⌋ − ½, the grid stretched to the whole image). The second and final resizes use
+    ``size`` in Real-ESRGAN and here."""
+    jpeg: str = "diffjpeg"
+    """The JPEG codec: ``diffjpeg``, BasicSR's ``DiffJPEG(differentiable=False)`` that Real-ESRGAN uses
+    (``ctsr.data.jpeg``, zero padding to 16), or ``kornia``'s ``jpeg_codec_differentiable`` (a different colour
+    conversion, chroma filter and table rounding: mean 2.8/255 apart at q = 30)."""
+    poisson_levels: str = "count"
+    """Photon levels L of the Poisson noise: ``count``, BasicSR's ``add_poisson_noise_pt`` (L = 2^⌈log2 v⌉, v the
+    number of distinct 8-bit values of the image, or of its luma for gray noise), or ``256`` (a constant: the
+    same as ``count`` for any image with more than 128 distinct values)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -211,6 +238,10 @@ class DegradationConfig:
             "final_kernel_size",
             f"need odd sizes 1 ≤ lo ≤ hi ≤ {MAX_KERNEL_SIZE}, got {self.final_kernel_size}",
         )
+        for name, allowed in (("resize_sampling", RESIZE_SAMPLING), ("jpeg", JPEG_CODECS),
+                              ("poisson_levels", POISSON_LEVEL_MODES)):  # fmt: skip
+            value = getattr(self, name)
+            check(value in allowed, name, f"need one of {', '.join(allowed)}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -462,7 +493,13 @@ def _cubic_weights(t: Tensor, a: float = -0.75) -> list[Tensor]:
 
 
 def interpolation_taps(
-    n_in: Tensor, n_out: Tensor, mode: Tensor, out_canvas: int, taps: int, dtype: torch.dtype = torch.float32
+    n_in: Tensor,
+    n_out: Tensor,
+    mode: Tensor,
+    out_canvas: int,
+    taps: int,
+    dtype: torch.dtype = torch.float32,
+    ratio: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample 1-D resampling taps as ``F.interpolate(size=n_out)`` computes them (``align_corners=False``, no
     antialias, as Real-ESRGAN): output pixel i of sample b is Σ_t weight[b, i, t]·input[index[b, i, t]].
@@ -472,6 +509,9 @@ def interpolation_taps(
         mode: (B,) index into ``RESIZE_MODES``.
         out_canvas: output length of the canvas (≥ max n_out); rows i ≥ n_out[b] get weight 0.
         taps: number of taps T: 2 for bilinear, 4 for bicubic, the widest window ⌈n_in/n_out⌉ + 1 for area.
+        ratio: (B,) input pixels per output pixel of the linear modes; None: n_in/n_out (``size=``). For
+            ``F.interpolate(scale_factor=s)`` pass 1/s rounded once from double to ``dtype``, as ATen's
+            ``compute_scales_value`` does (area always pools by the sizes, with or without a scale factor).
     Returns:
         index (B, out_canvas, T) long in [0, n_in), weight (B, out_canvas, T).
     """
@@ -487,7 +527,8 @@ def interpolation_taps(
     count = torch.div((i + 1) * n_in + n_out - 1, n_out, rounding_mode="floor") - start
     area_index, area_weight = start + t, (t < count).to(dtype) / count.to(dtype)
     # bilinear and bicubic sample the input at (i + ½)·n_in/n_out − ½
-    src = (i.to(dtype) + 0.5) * (n_in.to(dtype) / n_out.to(dtype)) - 0.5
+    ratio = n_in.to(dtype) / n_out.to(dtype) if ratio is None else ratio.to(dtype).view(-1, 1, 1)
+    src = (i.to(dtype) + 0.5) * ratio - 0.5
     s = src.clamp(min=0)  # PyTorch clamps the linear modes' coordinate at 0, not the cubic one's
     i0 = s.floor()
     linear_index, linear_weight = i0.long() + t, to_taps([1 - (s - i0), s - i0])
@@ -516,6 +557,7 @@ def resize(
     size_out: tuple[Sequence[int], Sequence[int]],
     mode: Sequence[int],
     canvas: tuple[int, int],
+    scale: Sequence[float] | None = None,
 ) -> Tensor:
     """Resize each sample from its own size to its own size, mode per sample.
 
@@ -524,28 +566,45 @@ def resize(
         size_in, size_out: (h, w), lists of B ints each.
         mode: B indices into ``RESIZE_MODES``.
         canvas: (H', W') of the output, ≥ the largest output size.
+        scale: B scale factors s: sample each as ``F.interpolate(scale_factor=s)`` does (then ``size_out`` must be
+            ⌊size_in·s⌋); None: as ``F.interpolate(size=size_out)``.
     Returns:
         (B, C, H', W'), sample b valid in ``[:h_out[b], :w_out[b]]`` and 0 elsewhere.
     """
     device = x.device
     mode_t = host_tensor(list(mode), device)
+    # ATen: static_cast<scalar_t>(1.0 / scale), the reciprocal in double rounded once to the tensor's type
+    ratio = None if scale is None else host_tensor([1.0 / float(s) for s in scale], device, x.dtype)
     for dim, n_in, n_out, length in ((2, size_in[0], size_out[0], canvas[0]), (3, size_in[1], size_out[1], canvas[1])):
         # taps: bilinear 2, bicubic 4, area the widest window ⌈n_in/n_out⌉ + 1
         taps = max((-(-a // b) + 1, 2, 4)[m] for a, b, m in zip(n_in, n_out, mode))
         n_in_t, n_out_t = host_tensor(list(n_in), device), host_tensor(list(n_out), device)
-        x = _resample(x, dim, *interpolation_taps(n_in_t, n_out_t, mode_t, length, taps, x.dtype))
+        x = _resample(x, dim, *interpolation_taps(n_in_t, n_out_t, mode_t, length, taps, x.dtype, ratio))
     return x
 
 
-def jpeg(x: Tensor, size: tuple[Sequence[int], Sequence[int]], quality: Tensor) -> Tensor:
-    """JPEG-code each sample at its quality (kornia's differentiable codec), (B, 3, H, W) in [0, 1].
+def jpeg(
+    x: Tensor, size: tuple[Sequence[int], Sequence[int]], quality: Tensor, codec: str = "diffjpeg"
+) -> Tensor:
+    """JPEG-code each sample at its quality, (B, 3, H, W) in [0, 1], clamped to [0, 1] first (Real-ESRGAN).
 
-    ``size`` holds the valid (h, w) of each sample on the canvas ``x``. The canvas beyond each sample is first
-    filled by replicating its last row and column, the padding the codec gives a lone image, so the 8×8 blocks are
-    those of the sample coded alone (see the module docstring for the one edge effect).
+    ``size`` holds the valid (h, w) of each sample on the canvas ``x``.
+
+    * ``diffjpeg`` (BasicSR's ``DiffJPEG(differentiable=False)``, ``ctsr.data.jpeg``): the canvas beyond each
+      sample is zeroed, the padding BasicSR gives a lone image, so every sample is coded exactly as alone.
+    * ``kornia`` (``jpeg_codec_differentiable``): the canvas beyond each sample is filled by replicating its last
+      row and column, the padding kornia gives a lone image, so the 8×8 blocks are those of the sample coded alone
+      (see the module docstring for the one edge effect of kornia's chroma filter).
     """
     hc, wc = x.shape[-2:]
     h, w = _sizes(size, x.device)
+    if codec == "diffjpeg":
+        inside = (torch.arange(hc, device=x.device)[None] < h[:, None])[:, :, None] & (
+            torch.arange(wc, device=x.device)[None] < w[:, None]
+        )[:, None, :]
+        return diff_jpeg(x.clamp(0, 1) * inside[:, None].to(x.dtype), quality)
+    if codec != "kornia":
+        raise ValueError(f"unknown JPEG codec {codec!r} (diffjpeg, kornia)")
     rows = torch.minimum(torch.arange(hc, device=x.device)[None], h[:, None] - 1)
     cols = torch.minimum(torch.arange(wc, device=x.device)[None], w[:, None] - 1)
     x = _gather_rows_cols(x.clamp(0, 1), rows, cols)
@@ -579,39 +638,98 @@ def _to_8bit(x: Tensor) -> Tensor:
     return (x * 255).round().clamp(0, 255) / 255
 
 
-def add_poisson_noise(img: Tensor, scale: Tensor, gray: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """img + scale·(Poisson(L·v)/L − v), clipped to [0, 1] (Real-ESRGAN ``add_poisson_noise_pt``).
+def count_levels(value: Tensor, size: tuple[Sequence[int], Sequence[int]] | None = None) -> Tensor:
+    """BasicSR's photon levels 2^⌈log2 v⌉ per sample, v = ``len(torch.unique(img[b]))`` of the 8-bit image.
 
-    v is the image rounded to 8 bits and L = ``POISSON_LEVELS`` photon levels at full scale; gray noise draws the
-    counts once from the luma (ITU-R 601) and adds them to the three channels.
+    Args:
+        value: (B, C, H, W), multiples of 1/255 in [0, 1]; all channels of a sample count together.
+        size: the valid (h, w) of each sample on the canvas (None: the whole image); only those pixels count.
+    Returns:
+        (B,) in ``value``'s dtype, on its device; no host synchronisation (a per-sample histogram).
+    """
+    b = value.shape[0]
+    level = (value * 255).round().long().clamp(0, 255)
+    level = level + 256 * torch.arange(b, device=value.device).view(-1, 1, 1, 1)
+    seen = torch.zeros(b * 256, device=value.device, dtype=torch.bool)
+    if size is not None:  # pixels outside a sample go to a spare bin b·256 + 256 of no sample
+        hc, wc = value.shape[-2:]
+        h, w = _sizes(size, value.device)
+        inside = (torch.arange(hc, device=value.device)[None] < h[:, None])[:, :, None] & (
+            torch.arange(wc, device=value.device)[None] < w[:, None]
+        )[:, None, :]
+        level = torch.where(inside[:, None], level, b * 256)
+        seen = torch.zeros(b * 256 + 1, device=value.device, dtype=torch.bool)
+    seen.scatter_(0, level.reshape(-1), True)
+    distinct = seen[: b * 256].view(b, 256).sum(1).clamp(min=1).double()
+    return torch.exp2(torch.ceil(torch.log2(distinct))).to(value.dtype)
+
+
+def _luma(img: Tensor) -> Tensor:
+    """(B, 1, H, W): torchvision's ``rgb_to_grayscale`` (0.2989, 0.587, 0.114), which BasicSR's Poisson noise uses."""
+    r, g, b = img.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b)[:, None]
+
+
+def add_poisson_noise(
+    img: Tensor,
+    scale: Tensor,
+    gray: Tensor,
+    generator: torch.Generator | None = None,
+    levels: int | None = POISSON_LEVELS,
+    size: tuple[Sequence[int], Sequence[int]] | None = None,
+) -> Tensor:
+    """img + scale·(Poisson(L·v)/L − v), clipped to [0, 1] (BasicSR ``add_poisson_noise_pt``, ``clip=True,
+    rounds=False``, as Real-ESRGAN calls it).
+
+    v is the image rounded to 8 bits and L the photon levels at full scale; gray noise draws the counts once from
+    the luma (rounded to 8 bits) and adds them to the three channels.
 
     Args:
         img: (B, 3, H, W) in [0, 1].
         scale: (B,) noise scale.
         gray: (B,) bool.
         generator: on ``img``'s device.
+        levels: L, or None for BasicSR's count: L = 2^⌈log2 v⌉ with v the number of distinct 8-bit values of the
+            image (of the luma for gray noise), see ``count_levels``.
+        size: the valid (h, w) of each sample on a canvas, for the count (None: whole images).
     """
     gray = gray.view(-1, 1, 1, 1)
     value = _to_8bit(img)
-    # rate 0 draws 0 at almost no cost, so each sample pays only for the counts it uses
-    counts = torch.poisson(value * POISSON_LEVELS * ~gray, generator=generator)
-    noise = counts / POISSON_LEVELS - value
-    luma = _to_8bit(kornia.color.rgb_to_grayscale(img))
-    counts = torch.poisson(luma * POISSON_LEVELS * gray, generator=generator)
-    noise = torch.where(gray, (counts / POISSON_LEVELS - luma).expand_as(img), noise)
-    return (img + scale.to(img.dtype).view(-1, 1, 1, 1) * noise).clamp(0, 1)
+    luma = _to_8bit(_luma(img))
+    if levels is None:
+        rgb_levels, luma_levels = count_levels(value, size).view(-1, 1, 1, 1), count_levels(luma, size).view(-1, 1, 1, 1)
+    else:
+        rgb_levels = luma_levels = levels
+    # rate 0 draws 0 without using the generator, so each sample pays only for the counts it uses, and a lone
+    # sample draws the same counts as BasicSR's (which draws the gray counts first, then the colour ones)
+    counts = torch.poisson(value * rgb_levels * ~gray, generator=generator)
+    noise = counts / rgb_levels - value
+    counts = torch.poisson(luma * luma_levels * gray, generator=generator)
+    noise = torch.where(gray, (counts / luma_levels - luma).expand_as(img), noise)
+    return (img + noise * scale.to(img.dtype).view(-1, 1, 1, 1)).clamp(0, 1)
 
 
-def _add_noise(x: Tensor, p: OrderParams, gaussian: list[bool], generator: torch.Generator | None) -> Tensor:
-    """Gaussian noise on the samples flagged in ``gaussian``, Poisson noise on the others."""
+def _add_noise(
+    x: Tensor,
+    p: OrderParams,
+    gaussian: list[bool],
+    generator: torch.Generator | None,
+    size: tuple[Sequence[int], Sequence[int]],
+    levels: int | None,
+) -> Tensor:
+    """Gaussian noise on the samples flagged in ``gaussian``, Poisson noise (``levels``) on the others."""
     out = x.clone()
-    for kind, fn in ((True, add_gaussian_noise), (False, add_poisson_noise)):
+    for kind in (True, False):
         index = [b for b, g in enumerate(gaussian) if g == kind]
         if not index:
             continue
         sel = host_tensor(index, x.device)
-        strength = p.noise_sigma.index_select(0, sel) / 255 if kind else p.poisson_scale.index_select(0, sel)
-        out[sel] = fn(x[sel], strength, p.gray_noise.index_select(0, sel), generator)
+        gray = p.gray_noise.index_select(0, sel)
+        if kind:
+            out[sel] = add_gaussian_noise(x[sel], p.noise_sigma.index_select(0, sel) / 255, gray, generator)
+        else:
+            scale = p.poisson_scale.index_select(0, sel)
+            out[sel] = add_poisson_noise(x[sel], scale, gray, generator, levels, _pick_size(size, index))
     return out
 
 
@@ -763,6 +881,8 @@ class RealESRGANDegradation(nn.Module):
             return hr.new_zeros(0, 3, h_lr, w_lr)
         device = x.device
         p1, p2, pf = params.first, params.second, params.final
+        cfg = self.config
+        levels = None if cfg.poisson_levels == "count" else int(cfg.poisson_levels)
 
         # One host sync for every size and branch: the canvases' shapes must be Python ints.
         host = torch.stack(
@@ -789,14 +909,16 @@ class RealESRGANDegradation(nn.Module):
             sel = host_tensor(group, device)
             g1, g2 = _select(p1, sel), _select(p2, sel)
             gsize1, gsize2 = _pick_size(size1, group), _pick_size(size2, group)
-            y = resize(x[sel], _pick_size(full, group), gsize1, _pick(mode1, group), (max(gsize1[0]), max(gsize1[1])))
-            y = _add_noise(y, g1, _pick(gauss1, group), generator)
-            y = jpeg(y, gsize1, g1.jpeg_quality)
+            scale = _pick(s1, group) if cfg.resize_sampling == "scale_factor" else None
+            canvas1 = (max(gsize1[0]), max(gsize1[1]))
+            y = resize(x[sel], _pick_size(full, group), gsize1, _pick(mode1, group), canvas1, scale)
+            y = _add_noise(y, g1, _pick(gauss1, group), generator, gsize1, levels)
+            y = jpeg(y, gsize1, g1.jpeg_quality, cfg.jpeg)
             y = blur(y, g2.kernel.kernels(dtype), gsize1)
             parts.append(resize(y, gsize1, gsize2, _pick(mode2, group), canvas2))
             order += group
         x = torch.cat(parts).index_select(0, host_tensor(sorted(range(len(order)), key=order.__getitem__), device))
-        x = _add_noise(x, p2, gauss2, generator)
+        x = _add_noise(x, p2, gauss2, generator, size2, levels)
 
         # final step, each sample in its order: resize → sinc → JPEG, or JPEG → resize → sinc
         sinc = pf.sinc.kernels(dtype)
@@ -808,10 +930,10 @@ class RealESRGANDegradation(nn.Module):
             sel = host_tensor(index, device)
             y, q = x[sel], p2.jpeg_quality[sel]
             if first:
-                y = jpeg(y, _pick_size(size2, index), q)
+                y = jpeg(y, _pick_size(size2, index), q, cfg.jpeg)
             y = resize(y, _pick_size(size2, index), _pick_size(lr, index), _pick(mode_final, index), (h_lr, w_lr))
             y = blur(y, sinc[sel], _pick_size(lr, index))
             if not first:
-                y = jpeg(y, _pick_size(lr, index), q)
+                y = jpeg(y, _pick_size(lr, index), q, cfg.jpeg)
             out[sel] = y
         return _to_8bit(out).to(out_dtype)

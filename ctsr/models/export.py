@@ -35,7 +35,7 @@ def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> O
         cfg["pretrained"] = pretrained
     if osediff_lora is not None:
         cfg["osediff_lora"] = osediff_lora or None
-    return OneStepGenerator(**cfg)
+    return OneStepGenerator.from_config(cfg)  # fills options that older files lack with what they were trained with
 
 
 def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None) -> ControllableSR:

@@ -18,7 +18,11 @@ VAE_ENCODER_TARGETS = (
 
 
 def add_lora(model: nn.Module, rank: int, targets, adapter_name: str = "default", alpha: float | None = None) -> None:
-    """Add a fresh LoRA adapter (Gaussian A, zero B: the model's output is unchanged at init) and make it active."""
+    """Add a fresh LoRA adapter (Gaussian A, zero B: the model's output is unchanged at init) and make it active.
+
+    ``alpha`` is peft's ``lora_alpha``: the adapter adds (alpha / rank)·B·A to each target weight. None: alpha =
+    rank (scale 1). OSEDiff leaves peft's default (8, scale 2 at rank 4); ``OneStepGenerator`` passes that.
+    """
     config = LoraConfig(
         r=rank, lora_alpha=rank if alpha is None else alpha, init_lora_weights="gaussian", target_modules=targets
     )
