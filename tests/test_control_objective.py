@@ -187,3 +187,15 @@ def test_tiny_model_reaches_the_fidelity_end_linearly():
         for t in (0.25, 0.5, 0.75):
             d = float((m.model.controlled_latent(z0, t) - z0).norm())
             assert d == pytest.approx(t * d1, rel=0.05), t
+
+
+def test_stage2_refuses_a_generator_that_differs_from_the_stage1_run():
+    from ctsr.errors import ConfigError
+    from ctsr.lit.stage2 import check_stage1_fits
+
+    gen = OneStepGenerator("tiny").config
+    check_stage1_fits(dict(gen), gen, "s1.ckpt")                                   # the same settings: fine
+    old = {k: v for k, v in gen.items() if k not in ("lora_alpha", "train_conv_in")}  # written before the options
+    with pytest.raises(ConfigError, match=r"model\.generator: .*s1\.ckpt.*lora_alpha=4\.0, train_conv_in=False"):
+        check_stage1_fits(old, gen, "s1.ckpt")
+    check_stage1_fits(old, {**gen, "lora_alpha": 4.0, "train_conv_in": False}, "s1.ckpt")

@@ -13,6 +13,25 @@ from ctsr.models.generator import OneStepGenerator
 from ctsr.models.teachers import AnchoredTeacher
 
 
+# what must be the same in stage 2's generator as in the stage-1 run, or T_S is not the stage-1 network
+STAGE1_KEYS = ("lora_rank", "vae_lora_rank", "lora_alpha", "train_conv_in")
+
+
+def check_stage1_fits(stage1: dict, generator: dict, path: str) -> None:
+    """Refuse a stage-2 generator whose LoRA ranks, scaling or ``conv_in`` training differ from the stage-1 run's
+    (stage-1 files written before ``lora_alpha``/``train_conv_in`` existed used alpha = rank and a frozen conv_in)."""
+    if not stage1:
+        return
+    saved = {**stage1}
+    saved.setdefault("lora_alpha", float(saved.get("lora_rank", 4)))
+    saved.setdefault("train_conv_in", False)
+    bad = [k for k in STAGE1_KEYS if k in saved and k in generator and saved[k] != generator[k]]
+    check(not bad, "model.generator",
+          f"the stage-1 checkpoint '{path}' was trained with " + ", ".join(f"{k}={saved[k]}" for k in bad)
+          + "; this config has " + ", ".join(f"{k}={generator[k]}" for k in bad)
+          + " (set them as in the stage-1 run)")
+
+
 class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
     """Trains the student ε_S so that ``ControllableSR``'s z(t) follows the control path, evaluated where it is
     trained (:mod:`ctsr.losses.stage2`): by default the endpoint objective ‖ε_S(z0, τ_c) − (z_f − z0)‖², so that
@@ -70,7 +89,8 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
         self.save_hyperparameters(ignore=["generator", "fidelity_teacher"])
         stage1 = None
         if stage1_ckpt:
-            stage1, _ = read_stage1_lora(stage1_ckpt)
+            stage1, stage1_config = read_stage1_lora(stage1_ckpt)
+            check_stage1_fits(stage1_config, generator.config, stage1_ckpt)
         else:
             rank_zero_warn("stage1_ckpt is null: T_S is the generator as built (no stage-1 weights)")
         self.model = ControllableSR.from_stage1(

@@ -280,7 +280,7 @@ class ControllableSR(nn.Module):
             gcfg["pretrained"] = pretrained
         if osediff_lora is not None:
             gcfg["osediff_lora"] = osediff_lora or None
-        generator = OneStepGenerator(**gcfg)
+        generator = OneStepGenerator.from_config(gcfg)  # old files: their LoRA scaling and frozen conv_in
         stage1 = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
         model = cls.from_stage1(generator, stage1, control_rank=ccfg.pop("rank"),
                                 **control_kwargs(ccfg, control_steps))
