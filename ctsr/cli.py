@@ -1,4 +1,5 @@
-"""``ctsr``: the LightningCLI (fit / validate / test / predict), plus the user tools (upscale, export, bench).
+"""``ctsr``: the LightningCLI (fit / validate / test / predict), plus the user tools (upscale, export, bench, score,
+select-t).
 
 The model and the data module are chosen by ``class_path`` in the YAML (``experiments/*.yaml``). Every run lives
 in one folder, ``<save_dir>/<name>`` of its TensorBoard logger: event files, ``checkpoints/``, the resolved
@@ -16,6 +17,8 @@ TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-l
     "upscale": ("ctsr.inference.upscale", "upscale images or folders at one or several t (any size, tiled)"),
     "export": ("ctsr.models.export", "write a stage-2 checkpoint as one .safetensors file (no Lightning needed)"),
     "bench": ("ctsr.inference.bench", "time the upscale path against the bare diffusers graph (ratios)"),
+    "score": ("ctsr.evaluation.score", "score a folder of SR images (OSEDiff's protocol) into a metrics table"),
+    "select-t": ("ctsr.evaluation.select_t", "choose t on a validation sweep by a stated rule; record it in the model"),
 }
 
 

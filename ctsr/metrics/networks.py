@@ -7,7 +7,8 @@ per-image scores (B,); the FID builder returns a feature extractor (B, 3, H, W) 
 (seeded, so scores are reproducible, and the global RNG is left untouched). A few libraries load backbone weights
 unconditionally in their constructors; for those, the loader is replaced for the duration of the build only:
 
-- lpips: pyiqa ``LPIPS(net='alex', pretrained=False)``; its torchvision AlexNet is built with ``weights=None``.
+- lpips: pyiqa ``LPIPS(net='alex', pretrained=False)``; its torchvision AlexNet is built with ``weights=None``, the
+  random linear heads made non-negative as trained ones are.
 - lpips_vgg: ``build_lpips('random')`` (the lpips package: random VGG16 and linear heads).
 - dists: pyiqa ``DISTS(pretrained=False)``; its torchvision VGG16 is built with ``weights=None``.
 - fid: pyiqa's FID Inception-v3 with its weight loading skipped and He-initialised convolutions.
@@ -181,6 +182,9 @@ def build_scorer(name: str, weights: Weights = "pretrained") -> nn.Module:
                 alexnet = torchvision.models.alexnet
                 with mock.patch("torchvision.models.alexnet", lambda *a, **k: alexnet(weights=None)):
                     net = _pyiqa_net(name, pretrained=False)
+                with torch.no_grad():  # trained LPIPS heads are non-negative (a distance); so are the random ones
+                    for lin in net.lins:
+                        lin.model[-1].weight.abs_()
             else:
                 net = _pyiqa_net(name)
             return _frozen(PyiqaScore(net, full_reference=True, name=name))
