@@ -1,12 +1,11 @@
 """``ctsr select-t``: choose the control value t on a VALIDATION split by a stated rule, and record it in the model
 file, so that the test table is computed at that one t (``TSweepEvaluation(use_selected_t=true)``).
 
-    ctsr validate --config experiments/eval.yaml --model.init_args.model_path ctsr.safetensors \\
-        --data.init_args.val_pairs '[[datasets/val/LR, datasets/val/HR]]' --trainer.logger.init_args.name val-sweep
-    ctsr select-t runs/val-sweep --model ctsr.safetensors                      # rule psnr-drop, 0.3 dB
-    ctsr select-t runs/val-sweep --model ctsr.safetensors --rule weighted --fidelity-weight 0.5
-    ctsr test --config experiments/eval.yaml --model.init_args.model_path ctsr.safetensors \\
-        --trainer.callbacks+=... use_selected_t: true                          # the test table at that t only
+    ctsr validate --config experiments/eval.yaml --model.init_args.model_path ctsr.safetensors \
+        --data.init_args.val_pairs '[[datasets/val/LR, datasets/val/HR]]'      # the sweep, on validation data
+    ctsr select-t runs/eval --model ctsr.safetensors                          # rule psnr-drop, 0.3 dB
+    ctsr select-t runs/eval --model ctsr.safetensors --rule weighted --fidelity-weight 0.5
+    # then `ctsr test` with the callback's `use_selected_t: true` (experiments/eval.yaml): the test table at that t
 
 Rules (fidelity metrics: PSNR, SSIM; realness metrics: LPIPS, LPIPS-VGG, DISTS, FID, NIQE, MUSIQ, MANIQA, CLIPIQA,
 as the paper groups them; each metric is min–max normalised over the swept t, 1 = best):
