@@ -259,3 +259,18 @@ def test_sweep_pads_instead_of_cropping(model_file):
     direct = module.model.sweep(even, [0.5])[0].float().clamp(0, 1)
     assert torch.equal(sweep_images(module, even, [0.5], "none")[0.5], direct)
     assert pad_to_multiple(odd, 8).shape[-2:] == (16, 16)
+
+
+def test_predict_writes_the_images_per_t(model_file, sample_dir, tmp_path):
+    pairs = _pairs(sample_dir, tmp_path / "pairs")
+    data = SRDataModule(test_pairs=[[str(pairs / "LR"), str(pairs / "HR")]], val_crop_size=None, num_workers=0)
+    cb = TSweepEvaluation(t_values=[0.0, 1.0], metrics=["psnr"], color="none", save_images=str(tmp_path / "out"))
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
+                        default_root_dir=tmp_path)
+    preds = trainer.predict(TrainedModel(str(model_file), t=1.0), data)
+    names = sorted(f.name for f in (pairs / "LR").glob("*.png"))
+    for t in ("0", "1"):
+        assert sorted(f.name for f in (tmp_path / "out" / "predict" / f"t={t}").glob("*.png")) == names
+    assert preds[0].shape == (1, 3, 52, 60)  # predict_step pads too
+    saved = read_image(tmp_path / "out" / "predict" / "t=1" / names[0])[None]
+    assert torch.equal(saved, quantize_8bit(preds[0]))  # the same SR(t=1), no colour correction asked
