@@ -101,6 +101,17 @@ def _pyiqa(name: str, **kwargs):
     return pyiqa.create_metric(name, device="cpu", **kwargs)
 
 
+def test_y_channel_is_bt601_studio_swing():
+    img = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.2, 0.5, 0.7]]).T.reshape(1, 3, 1, 4)
+    y = rgb_to_y(img).flatten()
+    assert torch.allclose(y[:2], torch.tensor([16.0, 235.0]) / 255, atol=1e-6)
+    expected = _y_numpy(img.reshape(3, 4).T.double().numpy())
+    assert np.allclose(y.double().numpy(), expected, atol=1e-6)
+    from pyiqa.utils.color_util import to_y_channel
+
+    assert torch.equal(rgb_to_y(img), to_y_channel(img, 1.0, "ycbcr"))  # the same float32 arithmetic as pyiqa
+
+
 def test_psnr_ssim_on_y_match_pyiqa_on_real_photos(sample_dir):
     """OSEDiff's settings: pyiqa psnr/ssim with test_y_channel=True, color_space='ycbcr', image by image, on the six
     bundled photos at full size (noisy, blurred and JPEG'd in turn): ≤ 1e-4 dB and ≤ 1e-5 apart."""

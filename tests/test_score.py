@@ -100,7 +100,8 @@ def test_scoring_the_saved_images_gives_the_run_table_and_baselines_join_it(mode
                      "--out", str(run), "--name", "OSEDiff"]) == 0
     merged = read_table(run)
     assert [(r.method, r.t) for r in merged.rows] == [("CTSR", 0.0), ("CTSR", 0.5), ("CTSR", 1.0), ("OSEDiff", None)]
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert list(rows[0])[:3] == ["method", "t", "psnr"] and rows[-1]["method"] == "OSEDiff" and rows[-1]["t"] == ""
     md = (run / "metrics.md").read_text()
     assert "| method | t | PSNR↑ | SSIM↑ | LPIPS↓ | FID↓ |" in md and "| OSEDiff |  |" in md
@@ -123,7 +124,8 @@ def test_pairing_and_size_errors_name_the_files(pairs, tmp_path, capsys):
     assert main(["score", str(sr), str(pairs / "HR"), "--metrics", "psnr", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "size mismatch" in err and str(sr / "coffee.png") in err and str(pairs / "HR" / "coffee_HR.png") in err
-    assert [(a.name, b.name) for a, b in pair_files(pairs / "HR", pairs / "HR")][0] == ("astronaut_HR.png",) * 2
+    first = pair_files(pairs / "HR", pairs / "HR")[0]
+    assert (first[0].name, first[1].name) == ("astronaut_HR.png",) * 2
 
 
 def test_no_reference_mode_scores_sr_alone(sample_dir, tmp_path, capsys):
@@ -173,7 +175,7 @@ def test_select_t_records_the_choice_in_the_model_file(model_file, tmp_path, cap
     model = tmp_path / "m.safetensors"
     model.write_bytes(Path(model_file).read_bytes())
     with safe_open(str(model), "pt") as f:
-        before_meta, before = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        before_meta, before = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     rows = [Row("CTSR", t, {"psnr": 24.0 + t, "lpips": 0.3 + 0.05 * t}) for t in (0.0, 0.5, 1.0)]
     write_table(tmp_path / "val", Table(rows, {"color_space": "y", "crop_border": 0, "weights": "pretrained",
                                                "quantize": True}, "val metrics", split="val"))
@@ -181,7 +183,7 @@ def test_select_t_records_the_choice_in_the_model_file(model_file, tmp_path, cap
                  "--split", "DIV2K-val"]) == 0
     assert "selected t = 0.5" in capsys.readouterr().out
     with safe_open(str(model), "pt") as f:
-        meta, after = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        meta, after = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     record = json.loads(meta["selected_t"])
     assert record == {"t": 0.5, "rule": "psnr-drop", "params": {"max_psnr_drop": 0.6, "reference_t": 1.0},
                       "split": "DIV2K-val", "metrics": {"psnr": 24.5, "lpips": 0.325}}

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -315,8 +316,8 @@ class TSweepEvaluation(Callback):
                 "quantize": p.quantize}
 
     def _notes(self) -> list[str]:
-        notes = [f"{self.method} rows: colour correction `{self.color}`; LR padded to the model's alignment, SR "
-                 f"cropped back (whole images)."]
+        notes = [(f"{self.method} rows: colour correction `{self.color}`; LR padded to the model's alignment, SR "
+                  f"cropped back (whole images).")]
         if self.distances:
             notes.append("PSNR to x_f / LPIPS to x_f: distance of SR(t) to the fidelity teacher's image T_f(x_LR).")
         if self._selection is not None:

@@ -94,7 +94,7 @@ def read_selection(path: str | Path) -> dict | None:
 
 def record_selection(path: str | Path, selection: dict) -> None:
     """Rewrite the safetensors file ``path`` with the same tensors and metadata plus ``selected_t`` (atomically)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -104,8 +104,8 @@ def record_selection(path: str | Path, selection: dict) -> None:
     try:
         with safe_open(str(path), "pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for a broken header
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise ConfigError(f"--model: '{path}' is not a readable safetensors file ({err})") from None
     meta[METADATA_KEY] = json.dumps(selection)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

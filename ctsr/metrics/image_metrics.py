@@ -59,7 +59,7 @@ class LPIPS(ImageMean):
     higher_is_better = False
 
 
-class LPIPS_VGG(ImageMean):  # noqa: N801 (the column's display name)
+class LPIPS_VGG(ImageMean):  # the column's display name, LPIPS-VGG
     higher_is_better = False
 
 
