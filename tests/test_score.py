@@ -109,6 +109,8 @@ def test_scoring_the_saved_images_gives_the_run_table_and_baselines_join_it(mode
     # a new `ctsr test` in the same folder rewrites CTSR's rows and keeps OSEDiff's
     _test_run(model_file, pairs, tmp_path, monkeypatch, metrics=["psnr"])
     assert [r.method for r in read_table(run).rows] == ["CTSR"] * 3 + ["OSEDiff"]
+    md = (run / "metrics.md").read_text()
+    assert md.count("CTSR rows: colour correction `adain`") == 1 and "OSEDiff: 3 images of" in md
 
 
 def test_pairing_and_size_errors_name_the_files(pairs, tmp_path, capsys):

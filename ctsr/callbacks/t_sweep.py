@@ -347,8 +347,9 @@ class TSweepEvaluation(Callback):
         if existing is not None:
             others = [r for r in existing.rows if r.method != self.method]
             if others and existing.settings == table.settings:
+                kept = tuple({r.method for r in others})  # the notes of `ctsr score` rows start with their name
                 table = Table(others, table.settings, split=split).merge(table)
-                table.notes = self._notes() + [n for n in existing.notes if not n.startswith(f"{self.method} rows")]
+                table.notes = self._notes() + [n for n in existing.notes if n.startswith(kept)]
             elif others:
                 warnings.warn(f"{folder / self.table_stem}.*: rows of {sorted({r.method for r in others})} were "
                               f"scored under another protocol and are replaced", stacklevel=2)
