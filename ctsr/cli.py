@@ -1,4 +1,5 @@
-"""``ctsr``: the LightningCLI (fit / validate / test / predict), plus the user tools (upscale, export, bench).
+"""``ctsr``: the LightningCLI (fit / validate / test / predict), plus the user tools (upscale, export, bench, score,
+select-t).
 
 The model and the data module are chosen by ``class_path`` in the YAML (``experiments/*.yaml``). Every run lives
 in one folder, ``<save_dir>/<name>`` of its TensorBoard logger: event files, ``checkpoints/``, the resolved
@@ -18,6 +19,8 @@ TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-l
     "bench": ("ctsr.inference.bench", "time the upscale path against the bare diffusers graph (ratios)"),
     "demo": ("ctsr.inference.demo", "a local web page with a t slider (gradio: pip install 'ctsr[demo]')"),
     "push": ("ctsr.models.hub", "publish a trained model on the Hugging Face Hub with a generated model card"),
+    "score": ("ctsr.evaluation.score", "score a folder of SR images (OSEDiff's protocol) into a metrics table"),
+    "select-t": ("ctsr.evaluation.select_t", "choose t on a validation sweep by a stated rule; record it in the model"),
 }
 
 

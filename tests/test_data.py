@@ -95,9 +95,11 @@ def test_pairing_by_name(tmp_path):
     Image.fromarray(_rgb(17, 19)).save(tmp_path / "lr" / "x_LR4.png")
     Image.fromarray(_rgb(68, 76)).save(tmp_path / "hr" / "x_HR.png")
     item = PairedDataset(str(tmp_path / "lr"), str(tmp_path / "hr"))[0]
-    assert item["lr"].shape == (3, 16, 16) and item["hr"].shape == (3, 64, 64)
-    full_hr = read_image(tmp_path / "hr" / "x_HR.png")
-    assert torch.equal(item["hr"], full_hr[:, 0:64, 4:68])  # the same region as the LR crop (rows 0-16, cols 1-17)
+    # whole images, no silent crop to a multiple of 8 (the evaluation pads the LR and crops the SR back)
+    assert item["lr"].shape == (3, 17, 19) and item["hr"].shape == (3, 68, 76)
+    assert torch.equal(item["hr"], read_image(tmp_path / "hr" / "x_HR.png"))
+    cropped = PairedDataset(str(tmp_path / "lr"), str(tmp_path / "hr"), crop_size=64)[0]  # an asked-for crop
+    assert cropped["lr"].shape == (3, 16, 16) and torch.equal(cropped["hr"], item["hr"][:, 0:64, 4:68])
 
 
 def test_datamodule_degrades_on_transfer_and_validation_is_fixed(sample_dir):

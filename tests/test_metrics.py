@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,12 +21,14 @@ from torch import nn
 
 from ctsr.errors import ConfigError, MissingWeightsError
 from ctsr.metrics import (
+    DEFAULT_METRICS,
     FID,
     METRIC_NAMES,
     REQUIRED_FILES,
     MetricSuite,
     column_name,
     networks,
+    protocol_line,
     psnr,
     quantize_8bit,
     rgb_to_y,
@@ -60,7 +63,7 @@ def empty_caches(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# PSNR / SSIM against scikit-image on the Y channel computed with numpy.
+# PSNR / SSIM against pyiqa itself (what OSEDiff's test_metrics.py calls), on the bundled real photos.
 
 def _y_numpy(img: np.ndarray) -> np.ndarray:
     """(H, W, 3) RGB in [0, 1] -> Y of BT.601 YCbCr in [0, 1] (BasicSR rgb2ycbcr, y_only)."""
@@ -87,18 +90,15 @@ def _to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def _sk_scores(srs, hrs, crop: int = 0, rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    p, s = [], []
-    for sr, hr in zip(srs, hrs):
-        a, b = sr.astype(np.float64) / 255.0, hr.astype(np.float64) / 255.0
-        if not rgb:
-            a, b = _y_numpy(a), _y_numpy(b)
-        if crop:
-            a, b = a[crop:-crop, crop:-crop], b[crop:-crop, crop:-crop]
-        p.append(sk_psnr(b, a, data_range=1.0))
-        s.append(sk_ssim(b, a, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                         channel_axis=2 if rgb else None))
-    return np.array(p), np.array(s)
+def _sample_photos(sample_dir) -> list[np.ndarray]:
+    """The six bundled photos (scikit-image's colour images, 300x451 to 512x512), uint8 RGB."""
+    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(sample_dir.glob("*/*.png"))]
+
+
+def _pyiqa(name: str, **kwargs):
+    import pyiqa
+
+    return pyiqa.create_metric(name, device="cpu", **kwargs)
 
 
 def test_y_channel_is_bt601_studio_swing():
@@ -107,63 +107,71 @@ def test_y_channel_is_bt601_studio_swing():
     assert torch.allclose(y[:2], torch.tensor([16.0, 235.0]) / 255, atol=1e-6)
     expected = _y_numpy(img.reshape(3, 4).T.double().numpy())
     assert np.allclose(y.double().numpy(), expected, atol=1e-6)
+    from pyiqa.utils.color_util import to_y_channel
+
+    assert torch.equal(rgb_to_y(img), to_y_channel(img, 1.0, "ycbcr"))  # the same float32 arithmetic as pyiqa
 
 
-@pytest.mark.parametrize("kind", ["noise", "blur", "jpeg"])
-def test_psnr_ssim_on_y_match_skimage(kind):
-    hrs = _photos()
-    srs = [_distort(hr, kind, seed=i) for i, hr in enumerate(hrs)]
-    sk_p, sk_s = _sk_scores(srs, hrs)
-    sr, hr = _to_tensor(srs), _to_tensor(hrs)
-    assert np.allclose(psnr(sr, hr).numpy(), sk_p, atol=1e-3, rtol=0)
-    assert np.allclose(ssim(sr, hr).numpy(), sk_s, atol=1e-4, rtol=0)
-
+def test_psnr_ssim_on_y_match_pyiqa_on_real_photos(sample_dir):
+    """OSEDiff's settings: pyiqa psnr/ssim with test_y_channel=True, color_space='ycbcr', image by image, on the six
+    bundled photos at full size (noisy, blurred and JPEG'd in turn): ≤ 1e-4 dB and ≤ 1e-5 apart."""
+    ref_psnr = _pyiqa("psnr", test_y_channel=True, color_space="ycbcr")
+    ref_ssim = _pyiqa("ssim", test_y_channel=True, color_space="ycbcr")
     suite = MetricSuite(["ssim", "psnr"])  # default: Y, no crop, 8-bit (these images are 8-bit already)
-    suite.update(sr[:2], hr[:2])
-    suite.update(sr[2:], hr[2:])
+    p_ref, s_ref, p_ours, s_ours = [], [], [], []
+    for i, hr_img in enumerate(_sample_photos(sample_dir)):
+        sr, hr = _to_tensor([_distort(hr_img, ("noise", "blur", "jpeg")[i % 3], seed=i)]), _to_tensor([hr_img])
+        p_ref.append(ref_psnr(sr, hr).item())
+        s_ref.append(ref_ssim(sr, hr).item())
+        suite.update(sr, hr)
+        p_ours.append(float(suite.metrics["psnr"].total) - sum(p_ours))
+        s_ours.append(float(suite.metrics["ssim"].total) - sum(s_ours))
+    assert np.abs(np.array(p_ours) - p_ref).max() <= 1e-4
+    assert np.abs(np.array(s_ours) - s_ref).max() <= 1e-5
     out = suite.compute()
     assert list(out) == ["psnr", "ssim"]  # paper order whatever the order asked
-    assert out["psnr"] == pytest.approx(sk_p.mean(), abs=1e-3)  # mean of per-image PSNR (BasicSR), not PSNR of mean
-    assert out["ssim"] == pytest.approx(sk_s.mean(), abs=1e-4)
+    assert out["psnr"] == pytest.approx(np.mean(p_ref), abs=1e-4)  # mean of per-image scores, as OSEDiff
+    assert out["ssim"] == pytest.approx(np.mean(s_ref), abs=1e-5)
 
 
-def test_crop_border_matches_skimage_on_the_cropped_images():
+def test_ssim_rounds_y_and_clips_the_cs_map_unlike_skimage():
+    """The two steps that make pyiqa's SSIM differ from skimage's on the same Y: a measurable gap, which ours shares."""
+    hrs = _photos()
+    srs = [_distort(hr, "noise", i) for i, hr in enumerate(hrs)]
+    ref = _pyiqa("ssim", test_y_channel=True, color_space="ycbcr")
+    for sr_img, hr_img in zip(srs, hrs):
+        sr, hr = _to_tensor([sr_img]), _to_tensor([hr_img])
+        a, b = _y_numpy(sr_img / 255.0), _y_numpy(hr_img / 255.0)
+        sk = sk_ssim(b, a, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert abs(ssim(sr, hr).item() - ref(sr, hr).item()) <= 1e-5
+        assert abs(ssim(sr, hr).item() - sk) > 1e-4  # the old protocol's number is not pyiqa's
+        assert sk_psnr(b, a, data_range=1.0) == pytest.approx(psnr(sr, hr).item(), abs=1e-3)  # PSNR: same formula
+
+
+def test_crop_border_matches_pyiqa():
     hrs = _photos()
     srs = [_distort(hr, "jpeg", 0) for hr in hrs]
-    sk_p, sk_s = _sk_scores(srs, hrs, crop=4)
+    sr, hr = _to_tensor(srs), _to_tensor(hrs)
     suite = MetricSuite(["psnr", "ssim"], crop_border=4)
-    suite.update(_to_tensor(srs), _to_tensor(hrs))
+    suite.update(sr, hr)
     out = suite.compute()
-    assert out["psnr"] == pytest.approx(sk_p.mean(), abs=1e-3)
-    assert out["ssim"] == pytest.approx(sk_s.mean(), abs=1e-4)
-    no_crop = _sk_scores(srs, hrs)[0].mean()
-    assert abs(out["psnr"] - no_crop) > 1e-3  # the crop changes the number
+    p = _pyiqa("psnr", test_y_channel=True, color_space="ycbcr", crop_border=4)(sr, hr)
+    s = _pyiqa("ssim", test_y_channel=True, color_space="ycbcr", crop_border=4)(sr, hr)
+    assert out["psnr"] == pytest.approx(p.mean().item(), abs=1e-4)
+    assert out["ssim"] == pytest.approx(s.mean().item(), abs=1e-5)
+    assert abs(out["psnr"] - psnr(sr, hr).mean().item()) > 1e-3  # the crop changes the number
 
 
-def test_rgb_mode_equals_torchmetrics_and_skimage():
-    from torchmetrics.functional.image import structural_similarity_index_measure
-    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-
+def test_rgb_mode_matches_pyiqa_without_y():
     hrs = _photos()
     srs = [_distort(hr, "noise", i) for i, hr in enumerate(hrs)]
     sr, hr = _to_tensor(srs), _to_tensor(hrs)
     suite = MetricSuite(["psnr", "ssim"], color_space="rgb")
     suite.update(sr, hr)
     out = suite.compute()
-
-    tm_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # per image, then the mean
-    tm_psnr.update(sr.double(), hr.double())
-    assert out["psnr"] == pytest.approx(tm_psnr.compute().item(), abs=1e-4)
-    # SSIM: torchmetrics' SSIM map, averaged over the valid region (windows inside the image) as BasicSR/skimage.
-    _, ssim_map = structural_similarity_index_measure(sr.double(), hr.double(), data_range=1.0, return_full_image=True)
-    assert out["ssim"] == pytest.approx(ssim_map[..., 5:-5, 5:-5].mean().item(), abs=1e-6)
-    sk_p, sk_s = _sk_scores(srs, hrs, rgb=True)
-    assert out["psnr"] == pytest.approx(sk_p.mean(), abs=1e-3)
-    assert out["ssim"] == pytest.approx(sk_s.mean(), abs=1e-4)
-    # torchmetrics' own SSIM mean also counts the reflected 5-pixel border: close, but not the protocol.
-    tm_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-    tm_ssim.update(sr.double(), hr.double())
-    assert out["ssim"] == pytest.approx(tm_ssim.compute().item(), abs=1e-2)
+    assert out["psnr"] == pytest.approx(_pyiqa("psnr", test_y_channel=False)(sr, hr).mean().item(), abs=1e-4)
+    assert out["ssim"] == pytest.approx(_pyiqa("ssim", test_y_channel=False)(sr, hr).mean().item(), abs=1e-5)
+    assert abs(out["psnr"] - psnr(sr, hr).mean().item()) > 1e-2  # RGB is another number than Y
 
 
 def test_quantize_rounds_to_8_bit_like_a_saved_png():
@@ -186,11 +194,16 @@ def test_columns_order_and_directions():
     suite = MetricSuite(["ssim", "psnr"])
     assert suite.names == ("psnr", "ssim")
     assert [column_name(n) for n in METRIC_NAMES] == [
-        "PSNR↑", "SSIM↑", "LPIPS↓", "DISTS↓", "FID↓", "NIQE↓", "MUSIQ↑", "MANIQA↑", "CLIPIQA↑"]
+        "PSNR↑", "SSIM↑", "LPIPS↓", "LPIPS-VGG↓", "DISTS↓", "FID↓", "NIQE↓", "MUSIQ↑", "MANIQA↑", "CLIPIQA↑"]
+    assert DEFAULT_METRICS == ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
     assert suite.higher_is_better == {"psnr": True, "ssim": True}
     assert all(suite.metrics[n].higher_is_better for n in suite.names)
-    assert suite.protocol() == "PSNR/SSIM on Y (BT.601), crop border 0; images rounded to 8 bit"
-    assert "RGB, crop border 4" in MetricSuite(["psnr"], color_space="rgb", crop_border=4).protocol()
+    assert suite.protocol() == ("OSEDiff test_metrics.py / pyiqa: PSNR/SSIM on Y (BT.601, pyiqa ycbcr; SSIM on 8-bit "
+                                "levels, cs clipped at 0), crop border 0; images rounded to 8 bit")
+    assert "RGB (pyiqa; SSIM on 8-bit levels, cs clipped at 0), crop border 4" in MetricSuite(
+        ["psnr"], color_space="rgb", crop_border=4).protocol()
+    both = protocol_line(["lpips", "lpips_vgg", "maniqa"])
+    assert "LPIPS (pyiqa lpips: AlexNet, v0.1); LPIPS-VGG (lpips package, v0.1); MANIQA (pyiqa maniqa-pipal)" in both
 
 
 @pytest.mark.parametrize("kwargs, flag", [
@@ -216,12 +229,14 @@ def test_required_file_names_and_folders_match_the_installed_libraries(empty_cac
     """The names the check looks for are the names each library would download (read from its own code)."""
     import torch.hub
     import torchvision
-    from pyiqa.archs import clip_model, dists_arch, inception, maniqa_arch, musiq_arch, niqe_arch
+    from pyiqa.archs import clip_model, dists_arch, inception, lpips_arch, maniqa_arch, musiq_arch, niqe_arch
     from timm.models import get_pretrained_cfg
 
     base = lambda url: url.rsplit("/", 1)[-1]
     expected = {
-        "lpips": {base(torchvision.models.VGG16_Weights.IMAGENET1K_V1.url)},
+        "lpips": {base(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url),
+                  base(lpips_arch.default_model_urls["0.1_alex"])},
+        "lpips_vgg": {base(torchvision.models.VGG16_Weights.IMAGENET1K_V1.url)},
         "dists": {base(torchvision.models.VGG16_Weights.IMAGENET1K_V1.url), base(dists_arch.default_model_urls["url"])},
         "fid": {base(inception.FID_WEIGHTS_URL)},
         "niqe": {base(niqe_arch.default_model_urls["niqe"])},
@@ -233,7 +248,8 @@ def test_required_file_names_and_folders_match_the_installed_libraries(empty_cac
     assert weight_files.MANIQA_VIT_REPO == get_pretrained_cfg("vit_base_patch8_224").hf_hub_id
     # Folders: torchvision -> hub/checkpoints, pyiqa -> its DEFAULT_CACHE_DIR, CLIP -> hub/clip (pyiqa clip_model.load).
     hub = empty_caches / "torch" / "hub"
-    assert {str(w.folder()) for w in REQUIRED_FILES["lpips"]} == {str(hub / "checkpoints")}
+    assert {str(w.folder()) for w in REQUIRED_FILES["lpips"]} == {str(hub / "checkpoints"), str(hub / "pyiqa")}
+    assert {str(w.folder()) for w in REQUIRED_FILES["lpips_vgg"]} == {str(hub / "checkpoints")}
     assert str(REQUIRED_FILES["niqe"][0].folder()) == str(hub / "pyiqa")
     assert str(REQUIRED_FILES["clipiqa"][0].folder()) == os.path.join(torch.hub.get_dir(), "clip")
 
@@ -272,16 +288,16 @@ def test_download_weights_lets_each_library_fetch_then_checks(empty_caches, monk
     monkeypatch.setattr(networks, "build_fid_features", lambda weights: built.append(("fid", weights)))
     monkeypatch.setattr(torchvision.models, "vgg16", lambda weights: built.append(("vgg16", weights)))
     with pytest.raises(MissingWeightsError, match="niqe_modelparameters.mat"):
-        download_weights(["psnr", "lpips", "fid", "niqe"])  # the stand-ins downloaded nothing
-    assert built == [("vgg16", "IMAGENET1K_V1"), ("lpips", "pretrained"), ("fid", "pretrained"),
-                     ("niqe", "pretrained")]
+        download_weights(["psnr", "lpips", "lpips_vgg", "fid", "niqe"])  # the stand-ins downloaded nothing
+    assert built == [("vgg16", "IMAGENET1K_V1"), ("lpips", "pretrained"), ("lpips_vgg", "pretrained"),
+                     ("fid", "pretrained"), ("niqe", "pretrained")]
 
 
 def test_fidelity_metrics_run_offline_without_any_weights(empty_caches):
     suite = MetricSuite(["psnr", "ssim"])
     hr = _to_tensor(_photos())
     suite.update(hr, hr)
-    assert suite.compute() == {"psnr": float("inf"), "ssim": pytest.approx(1.0)}
+    assert suite.compute() == {"psnr": pytest.approx(80.0), "ssim": pytest.approx(1.0)}  # pyiqa: eps 1e-8 -> 80 dB
 
 
 def test_pretrained_niqe_reads_the_pyiqa_cache(empty_caches):
@@ -298,16 +314,60 @@ def test_pretrained_niqe_reads_the_pyiqa_cache(empty_caches):
     assert suite.compute()["niqe"] == pytest.approx(ref(img).item(), rel=1e-6)
 
 
+def test_lpips_column_is_pyiqa_lpips_alex_reading_the_files_the_error_names(empty_caches, sample_dir):
+    """Files placed where the check says (AlexNet in hub/checkpoints, the heads in pyiqa's cache) are what pyiqa's
+    own ``create_metric('lpips')`` loads, and our ``lpips`` column equals its score (OSEDiff's LPIPS)."""
+    import torchvision
+    from pyiqa.archs.lpips_arch import LPIPS
+
+    torch.manual_seed(0)
+    alexnet, lpips_file = REQUIRED_FILES["lpips"]
+    for w in (alexnet, lpips_file):
+        w.folder().mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), alexnet.folder() / alexnet.file)
+    with mock.patch("torchvision.models.alexnet", lambda *a, **k: torchvision.models.AlexNet()):
+        heads = LPIPS(pretrained=False)
+    torch.save({k: v.abs() for k, v in heads.state_dict().items() if k.startswith("lin")},
+               lpips_file.folder() / lpips_file.file)
+    assert not weight_files.missing_files(["lpips"])
+    photo = _sample_photos(sample_dir)[0][:128, :128]
+    sr, hr = _to_tensor([_distort(photo, "blur", 0)]), _to_tensor([photo])
+    suite = MetricSuite(["lpips"])
+    suite.update(sr, hr)
+    ref = _pyiqa("lpips")(sr, hr).item()
+    assert ref > 0 and suite.compute()["lpips"] == pytest.approx(ref, rel=1e-6)
+    assert "pyiqa lpips: AlexNet" in suite.protocol()
+
+
+def test_no_reference_suite_scores_sr_alone_and_full_reference_needs_hr():
+    suite = MetricSuite(["niqe"], weights="random")
+    img = _to_tensor(_photos()[:1])
+    suite.update(img)  # no HR
+    alone = suite.compute()["niqe"]
+    suite.reset()
+    suite.update(img, _to_tensor(_photos()[1:2]))  # an HR is ignored by a no-reference metric
+    assert suite.compute()["niqe"] == pytest.approx(alone, rel=1e-9) and np.isfinite(alone)
+    with pytest.raises(ValueError, match=r"\['psnr'\] need the HR image"):
+        MetricSuite(["psnr", "niqe"], weights="random").update(img)
+
+
+def test_subset_shares_networks_and_keeps_settings():
+    suite = MetricSuite(["psnr", "lpips", "niqe"], crop_border=2, weights="random")
+    sub = suite.subset(["lpips", "psnr"])
+    assert sub.names == ("psnr", "lpips") and sub.crop_border == 2
+    assert sub.metrics["lpips"].scorer is suite.metrics["lpips"].scorer
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Random mode: every metric builds and gives finite numbers.
 
 @pytest.fixture(scope="module")
 def random_suite():
-    """All nine metrics with random weights, built once. Big nets on tiny images: one intra-op thread measured ~3x
+    """All ten metrics with random weights, built once. Big nets on tiny images: one intra-op thread measured ~3x
     faster than two on a 2-core machine shared with other processes (no OpenMP barrier stalls)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield MetricSuite(weights="random")
+    yield MetricSuite(METRIC_NAMES, weights="random")
     torch.set_num_threads(threads)
 
 
@@ -322,7 +382,7 @@ def test_random_mode_builds_every_metric_with_finite_scores(random_suite):
     out = suite.compute()
     assert list(out) == list(METRIC_NAMES)
     assert all(np.isfinite(v) for v in out.values()), out
-    assert out["fid"] > 0 and 0 < out["ssim"] < 1 and out["lpips"] > 0
+    assert out["fid"] > 0 and 0 < out["ssim"] < 1 and out["lpips"] > 0 and out["lpips_vgg"] > 0
 
 
 def test_random_mode_on_64px_and_fid_with_one_image_is_nan(random_suite):

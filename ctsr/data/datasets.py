@@ -200,7 +200,8 @@ class PairedDataset(Dataset):
             raise DataError(f"test image unreadable: {err}") from None
         if (hr.shape[1], hr.shape[2]) != (lr.shape[1] * 4, lr.shape[2] * 4):
             raise DataError(f"'{lr_path}' {tuple(lr.shape[1:])} is not ×4 smaller than '{hr_path}' {tuple(hr.shape[1:])}")
-        top, left, th, tw = center_box(lr.shape[1], lr.shape[2], None if self.crop_size is None else self.crop_size // 4, 8)
+        # No rounding to a multiple of 8: the evaluation pads the LR to the model's alignment and crops the SR back.
+        top, left, th, tw = center_box(lr.shape[1], lr.shape[2], None if self.crop_size is None else self.crop_size // 4, 1)
         lr = lr[:, top : top + th, left : left + tw]
         hr = hr[:, 4 * top : 4 * (top + th), 4 * left : 4 * (left + tw)]  # the same region, ×4
         return {"lr": lr, "hr": hr, "seed": path_seed(hr_path), "path": str(hr_path)}

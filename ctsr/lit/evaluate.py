@@ -10,19 +10,27 @@ from ctsr.models.export import load_model, model_from_checkpoint
 
 class TrainedModel(L.LightningModule):
     """Wraps a trained model (stage 1 or 2, ``.ckpt`` or ``.safetensors``) for ``ctsr test``/``validate``/``predict``;
-    the ``TSweepEvaluation`` callback measures it.
+    the ``TSweepEvaluation`` callback measures it (and writes its images with ``save_images``).
 
     Args:
         model_path: a model file; alternatively pass the checkpoint as ``--ckpt_path``.
         pretrained / osediff_lora: override the base-weight locations recorded in the file.
         t: the control value of ``predict``.
+        fidelity_teacher: the fidelity teacher's SR model (``bicubic`` or a spandrel checkpoint: ResShift's,
+            Real-ESRGAN's, …) whose image x_f = T_f(x_LR) the t sweep measures SR(t) against (``d_fidelity_*``
+            columns); None: no such columns.
     """
 
     def __init__(self, model_path: str | None = None, pretrained: str | None = None,
-                 osediff_lora: str | None = None, t: float = 0.0) -> None:
+                 osediff_lora: str | None = None, t: float = 0.0, fidelity_teacher: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = load_model(model_path, pretrained, osediff_lora) if model_path else None
+        self.fidelity_teacher = None
+        if fidelity_teacher is not None:
+            from ctsr.models.teachers import AnchoredTeacher
+
+            self.fidelity_teacher = AnchoredTeacher(fidelity_teacher)  # only its image x_f is used, not bound
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         h = self.hparams
@@ -47,4 +55,9 @@ class TrainedModel(L.LightningModule):
     validation_step = test_step
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self(batch["lr"], self.hparams.t)
+        """SR at ``t`` (B, 3, 4h, 4w) for any LR size (padded to the model's alignment, cropped back)."""
+        from ctsr.callbacks.t_sweep import sweep_images
+
+        self._need_model()
+        t = float(self.hparams.t)
+        return sweep_images(self, batch["lr"], [t])[t]

@@ -31,8 +31,8 @@ class ImageMean(Metric):
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, sr: Tensor, hr: Tensor) -> None:
-        """sr, hr: (B, 3, H, W) in [0, 1]."""
+    def update(self, sr: Tensor, hr: Tensor | None = None) -> None:
+        """sr, hr: (B, 3, H, W) in [0, 1]; ``hr`` None for a no-reference scorer."""
         with torch.no_grad():
             scores = self.scorer(sr, hr).reshape(-1).to(torch.float64)
         self.total += scores.sum()
@@ -56,6 +56,10 @@ class SSIM(ImageMean):
 
 
 class LPIPS(ImageMean):
+    higher_is_better = False
+
+
+class LPIPS_VGG(ImageMean):  # the column's display name, LPIPS-VGG
     higher_is_better = False
 
 

@@ -7,7 +7,9 @@ per-image scores (B,); the FID builder returns a feature extractor (B, 3, H, W) 
 (seeded, so scores are reproducible, and the global RNG is left untouched). A few libraries load backbone weights
 unconditionally in their constructors; for those, the loader is replaced for the duration of the build only:
 
-- lpips: ``build_lpips('random')`` (random VGG16 and linear heads).
+- lpips: pyiqa ``LPIPS(net='alex', pretrained=False)``; its torchvision AlexNet is built with ``weights=None``, the
+  random linear heads made non-negative as trained ones are.
+- lpips_vgg: ``build_lpips('random')`` (the lpips package: random VGG16 and linear heads).
 - dists: pyiqa ``DISTS(pretrained=False)``; its torchvision VGG16 is built with ``weights=None``.
 - fid: pyiqa's FID Inception-v3 with its weight loading skipped and He-initialised convolutions.
 - niqe: pyiqa ``NIQE`` reading a generated parameter file: a random pristine mean and a random positive-definite
@@ -39,8 +41,10 @@ from ctsr.metrics.functional import ColorSpace, psnr, ssim
 
 Weights = Literal["pretrained", "random"]
 
-# pyiqa metric names, as in pyiqa.default_model_configs (OSEDiff's choices: MUSIQ on KonIQ, MANIQA on PIPAL).
-PYIQA_NAMES = {"dists": "dists", "niqe": "niqe", "musiq": "musiq", "maniqa": "maniqa-pipal", "clipiqa": "clipiqa"}
+# pyiqa metric names, as in pyiqa.default_model_configs; OSEDiff's test_metrics.py creates each with pyiqa's defaults
+# (LPIPS: AlexNet v0.1; MUSIQ on KonIQ; MANIQA on PIPAL; CLIPIQA with its default RN50 prompts).
+PYIQA_NAMES = {"lpips": "lpips", "dists": "dists", "niqe": "niqe", "musiq": "musiq", "maniqa": "maniqa-pipal",
+               "clipiqa": "clipiqa"}
 # NIQE fits its statistics on 96x96 blocks (pyiqa's niqe(); block_size_h/w = 96): smaller images have none.
 NIQE_MIN_SIZE = 96
 
@@ -62,7 +66,8 @@ class Fidelity(nn.Module):
 
 
 class LPIPSScore(nn.Module):
-    """LPIPS-VGG (lpips package, v0.1 heads) per image, on [0, 1] inputs."""
+    """LPIPS-VGG (lpips package, v0.1 heads; the network the suite trains with) per image, on [0, 1] inputs. The
+    ``lpips`` column is pyiqa's AlexNet LPIPS, as OSEDiff reports; this one is the ``lpips_vgg`` column."""
 
     def __init__(self, weights: Weights = "pretrained") -> None:
         super().__init__()
@@ -164,12 +169,26 @@ def _niqe_random_params(folder: Path, seed: int = 0) -> Path:
 
 
 def build_scorer(name: str, weights: Weights = "pretrained") -> nn.Module:
-    """The per-image scorer of a learned or parametric metric (lpips, dists, niqe, musiq, maniqa, clipiqa).
+    """The per-image scorer of a learned or parametric metric (lpips, lpips_vgg, dists, niqe, musiq, maniqa,
+    clipiqa).
     Pretrained mode lets the library read (or, on a connected machine, download) its files; check them first
     with :func:`ctsr.metrics.weight_files.check_weights` to fail clearly offline."""
     random = weights == "random"
     with _seeded() if random else contextlib.nullcontext():
-        if name == "lpips":
+        if name == "lpips":  # pyiqa's LPIPS-Alex: sr is its first input, hr the reference, as pyiqa's forward
+            if random:
+                import torchvision
+
+                alexnet = torchvision.models.alexnet
+                with mock.patch("torchvision.models.alexnet", lambda *a, **k: alexnet(weights=None)):
+                    net = _pyiqa_net(name, pretrained=False)
+                with torch.no_grad():  # trained LPIPS heads are non-negative (a distance); so are the random ones
+                    for lin in net.lins:
+                        lin.model[-1].weight.abs_()
+            else:
+                net = _pyiqa_net(name)
+            return _frozen(PyiqaScore(net, full_reference=True, name=name))
+        if name == "lpips_vgg":
             return _frozen(LPIPSScore(weights))
         if name == "dists":
             if random:

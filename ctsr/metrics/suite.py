@@ -1,6 +1,9 @@
 """The paper's metric suite: one torchmetrics ``Metric`` per column, updated with (SR, HR) batches.
 
-Columns, in the paper's order: PSNR↑ SSIM↑ LPIPS↓ DISTS↓ FID↓ NIQE↓ MUSIQ↑ MANIQA↑ CLIPIQA↑ (DESIGN.md §8).
+Columns, in the paper's order: PSNR↑ SSIM↑ LPIPS↓ DISTS↓ FID↓ NIQE↓ MUSIQ↑ MANIQA↑ CLIPIQA↑ (DESIGN.md §8), with
+OSEDiff's protocol (its ``test_metrics.py``: pyiqa's metrics with their default settings; PSNR/SSIM on Y). LPIPS-VGG,
+the network the suite trains with, is available as the extra column ``lpips_vgg`` (not in the default set: it is
+not what published tables report).
 """
 from __future__ import annotations
 
@@ -17,20 +20,41 @@ from ctsr.metrics.functional import ColorSpace, quantize_8bit
 from ctsr.metrics.networks import Fidelity, Weights, build_fid_features, build_scorer
 from ctsr.metrics.weight_files import check_weights
 
-METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
-DEFAULT_METRICS: tuple[str, ...] = METRIC_NAMES
+METRIC_NAMES: tuple[str, ...] = (
+    "psnr", "ssim", "lpips", "lpips_vgg", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
+# OSEDiff's test_metrics.py set (and the paper's columns): every metric but LPIPS-VGG.
+DEFAULT_METRICS: tuple[str, ...] = tuple(m for m in METRIC_NAMES if m != "lpips_vgg")
+# No-reference metrics: they score SR images alone (``ctsr score SR_DIR`` without HR_DIR).
+NO_REFERENCE: tuple[str, ...] = ("niqe", "musiq", "maniqa", "clipiqa")
 DISPLAY_NAMES: dict[str, str] = {
-    "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "fid": "FID",
+    "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "lpips_vgg": "LPIPS-VGG", "dists": "DISTS", "fid": "FID",
     "niqe": "NIQE", "musiq": "MUSIQ", "maniqa": "MANIQA", "clipiqa": "CLIPIQA",
 }
 HIGHER_IS_BETTER: dict[str, bool] = {
-    "psnr": True, "ssim": True, "lpips": False, "dists": False, "fid": False,
+    "psnr": True, "ssim": True, "lpips": False, "lpips_vgg": False, "dists": False, "fid": False,
     "niqe": False, "musiq": True, "maniqa": True, "clipiqa": True,
 }
 _PROTOCOL = {
-    "lpips": "LPIPS-VGG", "dists": "DISTS", "fid": "FID (SR set vs HR set, clean-fid Inception)", "niqe": "NIQE",
-    "musiq": "MUSIQ (KonIQ)", "maniqa": "MANIQA (PIPAL)", "clipiqa": "CLIPIQA",
+    "lpips": "LPIPS (pyiqa lpips: AlexNet, v0.1)", "lpips_vgg": "LPIPS-VGG (lpips package, v0.1)",
+    "dists": "DISTS (pyiqa)", "fid": "FID (SR set vs HR set, clean-fid Inception as pyiqa fid)",
+    "niqe": "NIQE (pyiqa)", "musiq": "MUSIQ (pyiqa musiq: KonIQ)", "maniqa": "MANIQA (pyiqa maniqa-pipal)",
+    "clipiqa": "CLIPIQA (pyiqa clipiqa: RN50)",
 }
+
+
+def protocol_line(names: Sequence[str], color_space: ColorSpace = "y", crop_border: int = 0,
+                  weights: Weights = "pretrained", quantize: bool = True) -> str:
+    """The protocol line of a table with these metric columns and settings (see :meth:`MetricSuite.protocol`)."""
+    parts = []
+    if "psnr" in names or "ssim" in names:
+        space = "Y (BT.601, pyiqa ycbcr" if color_space == "y" else "RGB (pyiqa"
+        parts.append(f"PSNR/SSIM on {space}; SSIM on 8-bit levels, cs clipped at 0), crop border {crop_border}")
+    parts += [_PROTOCOL[n] for n in METRIC_NAMES if n in names and n in _PROTOCOL]
+    line = "OSEDiff test_metrics.py / pyiqa: " + "; ".join(parts)
+    line += "; images rounded to 8 bit" if quantize else "; float images"
+    if weights == "random":
+        line = "RANDOM WEIGHTS (test only, scores meaningless): " + line
+    return line
 
 
 def column_name(name: str) -> str:
@@ -86,15 +110,25 @@ class MetricSuite(nn.Module):
     def _build(self, name: str) -> Metric:
         if name == "fid":
             return im.FID(build_fid_features(self.weights))
-        cls = getattr(im, DISPLAY_NAMES[name])
+        cls = getattr(im, DISPLAY_NAMES[name].replace("-", "_"))
         if name in ("psnr", "ssim"):
             return cls(Fidelity(name, self.color_space, self.crop_border))
         return cls(build_scorer(name, self.weights))
 
+    @property
+    def full_reference(self) -> bool:
+        """Whether any metric of the suite needs the HR image."""
+        return any(n not in NO_REFERENCE for n in self.names)
+
     @torch.no_grad()
-    def update(self, sr: Tensor, hr: Tensor) -> None:
-        """sr, hr: (B, 3, H, W) in [0, 1] (both clamped), same size. Scores run in float32, outside autocast."""
-        if sr.shape != hr.shape or sr.ndim != 4 or sr.shape[1] != 3:
+    def update(self, sr: Tensor, hr: Tensor | None = None) -> None:
+        """sr, hr: (B, 3, H, W) in [0, 1] (both clamped), same size; ``hr`` may be None when every metric is
+        no-reference. Scores run in float32, outside autocast."""
+        if hr is None:
+            if self.full_reference or sr.ndim != 4 or sr.shape[1] != 3:
+                needs = [n for n in self.names if n not in NO_REFERENCE]
+                raise ValueError(f"sr must be (B, 3, H, W), and {needs} need the HR image too; got {tuple(sr.shape)}")
+        elif sr.shape != hr.shape or sr.ndim != 4 or sr.shape[1] != 3:
             raise ValueError(f"sr and hr must both be (B, 3, H, W); got {tuple(sr.shape)} and {tuple(hr.shape)}")
         for name, metric in self.metrics.items():  # check before any state changes
             min_size = getattr(getattr(metric, "scorer", None), "min_size", 0)
@@ -103,9 +137,11 @@ class MetricSuite(nn.Module):
                     f"metric '{name}' needs images of at least {min_size}x{min_size} pixels, got "
                     f"{tuple(sr.shape[-2:])}; leave '{name}' out of `metrics` for smaller images."
                 )
-        sr, hr = sr.float().clamp(0, 1), hr.float().clamp(0, 1)
+        sr = sr.float().clamp(0, 1)
+        hr = None if hr is None else hr.float().clamp(0, 1)
         if self.quantize:
-            sr, hr = quantize_8bit(sr), quantize_8bit(hr)
+            sr = quantize_8bit(sr)
+            hr = None if hr is None else quantize_8bit(hr)
         with torch.autocast(device_type=sr.device.type, enabled=False):
             for metric in self.metrics.values():
                 metric.update(sr, hr)
@@ -118,6 +154,14 @@ class MetricSuite(nn.Module):
         for metric in self.metrics.values():
             metric.reset()
 
+    def subset(self, names: Sequence[str]) -> MetricSuite:
+        """A suite of some of these metrics, with empty states, sharing the networks."""
+        other = self.clone()
+        kept = tuple(n for n in other.names if n in names)
+        other._settings(kept, self.color_space, self.crop_border, self.weights, self.quantize)
+        other.metrics = nn.ModuleDict({n: other.metrics[n] for n in kept})
+        return other
+
     def clone(self) -> MetricSuite:
         """The same suite with empty states, on the same device, sharing the frozen networks (one per t value)."""
         other = MetricSuite.__new__(MetricSuite)
@@ -127,17 +171,10 @@ class MetricSuite(nn.Module):
         return other.train(False)
 
     def protocol(self) -> str:
-        """One line to print beside every table, e.g. 'PSNR/SSIM on Y (BT.601), crop border 0; LPIPS-VGG; ...;
-        images rounded to 8 bit'."""
-        parts = []
-        if "psnr" in self.names or "ssim" in self.names:
-            space = "Y (BT.601)" if self.color_space == "y" else "RGB"
-            parts.append(f"PSNR/SSIM on {space}, crop border {self.crop_border}")
-        parts += [_PROTOCOL[n] for n in self.names if n in _PROTOCOL]
-        line = "; ".join(parts) + ("; images rounded to 8 bit" if self.quantize else "; float images")
-        if self.weights == "random":
-            line = "RANDOM WEIGHTS (test only, scores meaningless): " + line
-        return line
+        """One line to print beside every table, e.g. 'OSEDiff test_metrics.py / pyiqa: PSNR/SSIM on Y (BT.601,
+        pyiqa ycbcr; SSIM on 8-bit Y levels, cs clipped at 0), crop border 0; LPIPS (pyiqa lpips: AlexNet, v0.1);
+        ...; images rounded to 8 bit'."""
+        return protocol_line(self.names, self.color_space, self.crop_border, self.weights, self.quantize)
 
     def train(self, mode: bool = True) -> MetricSuite:
         return super().train(False)  # metric networks stay in eval mode (e.g. MANIQA crops at random in train mode)

@@ -6,9 +6,10 @@ metric, the file and the folder to put it in — before any network is built or 
 
 Folders (all resolved when checked, so ``TORCH_HOME`` / ``HF_HOME`` set before the run are honoured):
 
-- torch hub checkpoints, ``$TORCH_HOME/hub/checkpoints``: torchvision's VGG16 (LPIPS, DISTS backbones).
+- torch hub checkpoints, ``$TORCH_HOME/hub/checkpoints``: torchvision's AlexNet (LPIPS) and VGG16 (LPIPS-VGG,
+  DISTS backbones).
 - pyiqa's cache, ``pyiqa.utils.download_util.DEFAULT_CACHE_DIR`` = ``$TORCH_HOME/hub/pyiqa`` (fixed when pyiqa is
-  imported): DISTS heads, the FID Inception, NIQE's parameters, MUSIQ (KonIQ), MANIQA (PIPAL).
+  imported): the LPIPS-Alex linear heads, DISTS heads, the FID Inception, NIQE's parameters, MUSIQ (KonIQ), MANIQA (PIPAL).
 - ``$TORCH_HOME/hub/clip``: OpenAI CLIP RN50, which pyiqa's CLIP-IQA loads.
 - the Hugging Face hub cache, ``$HF_HOME/hub``: timm's ViT-B/8 that pyiqa's MANIQA builds before loading its own
   checkpoint.
@@ -97,6 +98,15 @@ class WeightFile:
         )
 
 
+# torchvision's AlexNet ImageNet weights (AlexNet_Weights.IMAGENET1K_V1), the backbone of pyiqa's LPIPS.
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def _alexnet(metric: str) -> WeightFile:
+    return WeightFile(metric, ALEXNET_FILE, "torch_hub", "torchvision's ImageNet AlexNet",
+                      "https://download.pytorch.org/models/" + ALEXNET_FILE)
+
+
 def _vgg(metric: str) -> WeightFile:
     return WeightFile(metric, VGG16_FILE, "torch_hub", "torchvision's ImageNet VGG16",
                       "https://download.pytorch.org/models/" + VGG16_FILE)
@@ -110,8 +120,10 @@ def _pyiqa(metric: str, file: str, what: str) -> WeightFile:
 REQUIRED_FILES: dict[str, tuple[WeightFile, ...]] = {
     "psnr": (),
     "ssim": (),
-    # The LPIPS linear heads ship inside the lpips package.
-    "lpips": (_vgg("lpips"),),
+    "lpips": (_alexnet("lpips"),
+              _pyiqa("lpips", "LPIPS_v0.1_alex-df73285e.pth", "the LPIPS-Alex v0.1 linear heads (pyiqa)")),
+    # The LPIPS-VGG linear heads ship inside the lpips package.
+    "lpips_vgg": (_vgg("lpips_vgg"),),
     "dists": (_vgg("dists"), _pyiqa("dists", "DISTS_weights-f5e65c96.pth", "the DISTS weights (pyiqa)")),
     "fid": (_pyiqa("fid", "pt_inception-2015-12-05-6726825d.pth", "the FID Inception-v3 (pytorch-fid port, pyiqa)"),),
     "niqe": (_pyiqa("niqe", "niqe_modelparameters.mat", "the NIQE pristine-image model parameters (pyiqa)"),),

@@ -1,0 +1,177 @@
+"""``ctsr select-t``: choose the control value t on a VALIDATION split by a stated rule, and record it in the model
+file, so that the test table is computed at that one t (``TSweepEvaluation(use_selected_t=true)``).
+
+    ctsr validate --config experiments/eval.yaml --model.init_args.model_path ctsr.safetensors \
+        --data.init_args.val_pairs '[[datasets/val/LR, datasets/val/HR]]'      # the sweep, on validation data
+    ctsr select-t runs/eval --model ctsr.safetensors                          # rule psnr-drop, 0.3 dB
+    ctsr select-t runs/eval --model ctsr.safetensors --rule weighted --fidelity-weight 0.5
+    # then `ctsr test` with the callback's `use_selected_t: true` (experiments/eval.yaml): the test table at that t
+
+Rules (fidelity metrics: PSNR, SSIM; realness metrics: LPIPS, LPIPS-VGG, DISTS, FID, NIQE, MUSIQ, MANIQA, CLIPIQA,
+as the paper groups them; each metric is min–max normalised over the swept t, 1 = best):
+
+- ``psnr-drop`` (default): among the t whose PSNR is within ``max_psnr_drop`` dB (default 0.3) of the PSNR at the
+  fidelity end (the largest swept t, normally t = 1), the one with the best mean normalised realness score (ties:
+  the smaller t). Without any realness column: the smallest such t (t = 0 is the realness end).
+- ``weighted``: the t maximising ``w · F(t) + (1 − w) · R(t)``, F and R the mean normalised fidelity and realness
+  scores, ``w = fidelity_weight`` (default 0.5).
+
+The choice is written into the safetensors metadata under ``selected_t`` as a JSON string
+``{"t": …, "rule": …, "params": {…}, "split": …, "metrics": {…}}``; the file is rewritten with the same tensors
+(temporary file in the same folder, then renamed). A table measured on a ``test`` split is refused: choosing t by
+looking at the test set is what this command exists to avoid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from ctsr.errors import ConfigError, MissingWeightsError, check
+from ctsr.evaluation.tables import SWEEP_METHOD, read_table
+from ctsr.metrics import HIGHER_IS_BETTER
+
+METADATA_KEY = "selected_t"
+RULES = ("psnr-drop", "weighted")
+FIDELITY = ("psnr", "ssim")
+REALNESS = ("lpips", "lpips_vgg", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
+
+
+def _normalised(rows: dict[float, dict[str, float]], names: tuple[str, ...]) -> dict[float, float] | None:
+    """Mean over ``names`` of each metric min–max normalised across t (1 = best); None when no metric is usable."""
+    used = [n for n in names if all(n in r and r[n] is not None and math.isfinite(r[n]) for r in rows.values())]
+    if not used:
+        return None
+    scores = {t: 0.0 for t in rows}
+    for n in used:
+        values = {t: r[n] for t, r in rows.items()}
+        lo, hi = min(values.values()), max(values.values())
+        for t, v in values.items():
+            x = 0.0 if hi == lo else (v - lo) / (hi - lo)
+            scores[t] += (x if HIGHER_IS_BETTER[n] else 1.0 - x) / len(used)
+    return scores
+
+
+def select_t(rows: dict[float, dict[str, float]], rule: str = "psnr-drop", max_psnr_drop: float = 0.3,
+             fidelity_weight: float = 0.5) -> tuple[float, dict]:
+    """(t, params) chosen from ``rows`` = {t: {metric: value}} by ``rule`` (see the module docstring)."""
+    check(rule in RULES, "--rule", f"one of {', '.join(RULES)}; got {rule!r}")
+    check(len(rows) > 0, "table", "no rows with a t to choose from")
+    realness = _normalised(rows, REALNESS)
+    if rule == "psnr-drop":
+        check(max_psnr_drop >= 0, "--max-psnr-drop", f"must be ≥ 0 dB, got {max_psnr_drop}")
+        check(all("psnr" in r and math.isfinite(r["psnr"]) for r in rows.values()), "--rule",
+              "psnr-drop needs a psnr column for every t")
+        t_fid = max(rows)
+        floor = rows[t_fid]["psnr"] - max_psnr_drop
+        eligible = [t for t in sorted(rows) if rows[t]["psnr"] >= floor]
+        if realness is None:
+            t = eligible[0]
+        else:
+            t = max(eligible, key=lambda s: (realness[s], -s))
+        return t, {"max_psnr_drop": max_psnr_drop, "reference_t": t_fid}
+    check(0 <= fidelity_weight <= 1, "--fidelity-weight", f"must lie in [0, 1], got {fidelity_weight}")
+    fidelity = _normalised(rows, FIDELITY)
+    check(fidelity is not None and realness is not None, "--rule",
+          "weighted needs at least one fidelity (psnr, ssim) and one realness column")
+    score = {t: fidelity_weight * fidelity[t] + (1 - fidelity_weight) * realness[t] for t in rows}
+    t = max(sorted(rows), key=lambda s: (score[s], -s))
+    return t, {"fidelity_weight": fidelity_weight}
+
+
+# -- the model file ------------------------------------------------------------------------------------------------
+def read_selection(path: str | Path) -> dict | None:
+    """The ``selected_t`` record of a model file (None when there is none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        text = (f.metadata() or {}).get(METADATA_KEY)
+    return None if text is None else json.loads(text)
+
+
+def record_selection(path: str | Path, selection: dict) -> None:
+    """Rewrite the safetensors file ``path`` with the same tensors and metadata plus ``selected_t`` (atomically)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"--model: model file '{path}' not found")
+    check(path.suffix == ".safetensors", "--model", f"needs an exported .safetensors file (`ctsr export`), got '{path}'")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise ConfigError(f"--model: '{path}' is not a readable safetensors file ({err})") from None
+    meta[METADATA_KEY] = json.dumps(selection)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def selection_of(pl_module) -> dict | None:
+    """The selection of the module's model: the file's record (``model_path``), else ``model.selected_t``."""
+    hparams = getattr(pl_module, "hparams", {}) or {}
+    path = hparams.get("model_path") if hasattr(hparams, "get") else None
+    if path and str(path).endswith(".safetensors") and Path(path).is_file():
+        record = read_selection(path)
+        if record is not None:
+            return record
+    t = getattr(getattr(pl_module, "model", None), "selected_t", None)
+    if isinstance(t, dict):
+        return t
+    return None if t is None else {"t": float(t), "rule": "unknown", "split": "unknown"}
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ctsr select-t",
+        description="Choose t on a validation t-sweep table by a stated rule and record it in the model file.",
+    )
+    parser.add_argument("table", help="folder holding metrics.json (a `ctsr validate` run of the t sweep)")
+    parser.add_argument("--model", required=True, help="the exported .safetensors model file to record the t in")
+    parser.add_argument("--rule", default="psnr-drop", choices=RULES)
+    parser.add_argument("--max-psnr-drop", type=float, default=0.3, help="psnr-drop: dB allowed below the fidelity end")
+    parser.add_argument("--fidelity-weight", type=float, default=0.5, help="weighted: weight of the fidelity score")
+    parser.add_argument("--method", default=SWEEP_METHOD, help="whose rows to choose from (default CTSR)")
+    parser.add_argument("--split", default=None, help="name of the validation split in the record "
+                        "(default: the table's folder and split)")
+    parser.add_argument("--stem", default="metrics", help="the table's file name (metrics)")
+    parser.add_argument("--dry-run", action="store_true", help="print the choice, do not write the model file")
+    args = parser.parse_args(argv)
+    folder = Path(args.table)
+    if folder.suffix in (".json", ".csv", ".md"):
+        folder, args.stem = folder.parent, folder.stem
+    table = read_table(folder, args.stem)
+    if table is None:
+        raise ConfigError(f"TABLE: no {args.stem}.json in '{folder}' (run the t sweep with `ctsr validate` first)")
+    if table.split == "test":
+        raise ConfigError(
+            f"TABLE: '{folder}' was measured on a test split; choose t on a validation split (e.g. `ctsr validate "
+            f"--config experiments/eval.yaml --data.init_args.val_pairs …`), then test at that t"
+        )
+    rows = {r.t: {k: v for k, v in r.values.items() if v is not None} for r in table.rows
+            if r.method == args.method and r.t is not None}
+    if not rows:
+        raise ConfigError(f"TABLE: '{folder}' has no rows of '{args.method}' with a t")
+    t, params = select_t(rows, args.rule, args.max_psnr_drop, args.fidelity_weight)
+    split = args.split or f"{folder} ({table.split or 'unknown split'})"
+    selection = {"t": t, "rule": args.rule, "params": params, "split": split, "metrics": rows[t]}
+    for s in sorted(rows):
+        mark = "  <- selected" if s == t else ""
+        print(f"t={s:g}: " + ", ".join(f"{k} {v:.4g}" for k, v in rows[s].items()) + mark)
+    print(f"selected t = {t:g} by {args.rule} {params} on {split}")
+    if not args.dry_run:
+        record_selection(args.model, selection)
+        print(f"recorded in '{args.model}' (metadata '{METADATA_KEY}')")
+    return 0
