@@ -158,6 +158,10 @@ def test_export_records_the_objective_and_old_files_reproduce_their_outputs(tmp_
     path = m.model.export(tmp_path / "new.safetensors")
     loaded = ControllableSR.load(path)
     assert (loaded.objective, loaded.path, loaded.tau_c, loaded.tau_rule) == ("endpoint", "fidelity", 100.0, "euler")
+    assert loaded.selected_t is None
+    loaded.selected_t, loaded.selected_t_record = 0.4, {"t": 0.4, "rule": "psnr-drop", "split": "val"}
+    again = ControllableSR.load(loaded.export(tmp_path / "again.safetensors"))   # a re-export keeps the selection
+    assert again.selected_t == 0.4 and again.selected_t_record["rule"] == "psnr-drop"
     old = ControllableSR.load(FIXTURE / "ctsr-v1-k2.safetensors")  # exported by the code before this change
     assert (old.objective, old.tau_rule, old.control_steps, old.tau_max) == ("eq8", "next", 2, 500.0)
     expected = torch.load(FIXTURE / "expected.pt", weights_only=True)

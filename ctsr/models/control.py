@@ -109,6 +109,7 @@ class ControllableSR(nn.Module):
         self.objective, self.path, self.tau_c, self.tau_rule = objective, path, float(tau_c), tau_rule
         self.stage1_lora: dict[str, Tensor] = {}  # kept (unmerged, small) for export
         self.selected_t: float | None = None      # the t chosen on a validation split (`ctsr select-t`), if any
+        self.selected_t_record: dict = {}         # its rule, split and scores, kept through a re-export
 
     @property
     def control_config(self) -> dict:
@@ -245,7 +246,7 @@ class ControllableSR(nn.Module):
             "control": json.dumps({"rank": rank, **self.control_config}),
         }
         if self.selected_t is not None:
-            meta["selected_t"] = json.dumps({"t": self.selected_t})
+            meta["selected_t"] = json.dumps({**self.selected_t_record, "t": self.selected_t})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
@@ -287,7 +288,8 @@ class ControllableSR(nn.Module):
         control = {k[len("stage2.unet."):]: v for k, v in tensors.items() if k.startswith("stage2.unet.")}
         load_into(generator.unet, control, "stage-2 LoRA")
         if meta.get("selected_t"):
-            model.selected_t = float(json.loads(meta["selected_t"])["t"])
+            model.selected_t_record = json.loads(meta["selected_t"])
+            model.selected_t = float(model.selected_t_record["t"])
         return model.eval()
 
 
