@@ -15,7 +15,7 @@ from ctsr.errors import ConfigError, CTSRError
 
 LOCK = "run.lock"
 # settings a resume may change without --resume_with_changes: how long to train, how it is shown, the guard
-RESUMABLE = ("ckpt_path", "resume_with_changes", "nonfinite_patience", "config", "trainer.max_steps",
+RESUMABLE = ("ckpt_path", "resume_with_changes", "nonfinite_patience", "config", "seed_everything","trainer.max_steps",
              "trainer.max_epochs", "trainer.max_time", "trainer.enable_progress_bar")
 
 

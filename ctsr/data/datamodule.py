@@ -22,6 +22,17 @@ from ctsr.data.images import list_images
 from ctsr.errors import DataError, check
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning sees as resumable: the position is the data module's (saved in its state, applied to
+    the :class:`EpochSampler` on resume), so the loader's own state is empty."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class BicubicDegradation(nn.Module):
     """Bicubic ×1/4 (antialiased): the simplest LR, for smoke runs and as a reference point."""
 
@@ -124,7 +135,7 @@ class SRDataModule(L.LightningDataModule):
                 raise DataError(f"{stage}: no test data (set data.test_dirs or data.test_pairs)")
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
-        return DataLoader(
+        return (ResumableLoader if sampler is not None else DataLoader)(
             dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
             num_workers=self.num_workers, drop_last=shuffle, pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
