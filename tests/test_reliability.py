@@ -286,6 +286,33 @@ def test_skipped_step_leaves_weights_and_optimiser_untouched(tmp_path):
     assert torch.equal(trainer2.optimizers[0].state[module.w]["step"], step1)  # AdamW's step count unchanged
 
 
+def test_final_step_is_always_saved(tmp_path):
+    trainer, _ = _toy_trainer(tmp_path, steps=3, every=2)
+    trainer.fit(_toy_module(set()))
+    assert load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_current_step_and_exits_non_zero(tmp_path, sig):
+    import lightning as L
+
+    from ctsr.errors import Interrupted
+
+    class SignalAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), sig)
+
+    before = signal.getsignal(sig)
+    trainer, _ = _toy_trainer(tmp_path, steps=10, every=2)
+    trainer.callbacks.insert(0, SignalAt())
+    with pytest.raises(Interrupted, match=f"{signal.Signals(sig).name} at step 3") as info:
+        trainer.fit(_toy_module(set()))
+    assert info.value.exit_code == 128 + sig
+    assert load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 3
+    assert signal.getsignal(sig) == before  # the handler is the caller's again
+
+
 def test_no_checkpoint_with_non_finite_weights(tmp_path):
     from ctsr.lit.common import RunGuard
 
@@ -530,11 +557,13 @@ def _exact_resume(workdir, base: list[str], steps: int = 6):
     assert p.returncode == 143, p.stderr[-3000:]
     assert "interrupted: SIGTERM at step 3" in p.stderr and "Traceback" not in p.stderr
     assert load_checkpoint(workdir / "runs" / "cut" / "checkpoints" / "last.ckpt")["global_step"] == 3
-    # resumed, then kill -9 after step 5 (the step-4 checkpoint is the last one written)
-    p = _ctsr(cut + ["--ckpt_path", "last"] + _kill("train_batch_end", 5), workdir)
+    # resumed (the fault-injection callback differs: allowed with --resume_with_changes), then kill -9 after
+    # step 5 (the step-4 checkpoint is the last one written)
+    resume = ["--ckpt_path", "last", "--resume_with_changes", "true"]
+    p = _ctsr(cut + resume + _kill("train_batch_end", 5), workdir)
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     assert (workdir / "runs" / "cut" / "run.lock").is_file()   # left behind by the kill: stale
-    p = _ctsr(cut + ["--ckpt_path", "last"], workdir)
+    p = _ctsr(cut + resume, workdir)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "stale lock" in p.stderr
     ref_losses, cut_losses = _losses(workdir / "ref.jsonl"), _losses(workdir / "cut.jsonl")
