@@ -204,7 +204,6 @@ def test_non_finite_checkpoint_is_refused_by_loaders(tmp_path):
 @pytest.mark.parametrize("flag,value,key", [
     ("--model.init_args.lr", ".inf", "model.init_args.lr"),
     ("--model.init_args.lambda_fl", ".inf", "model.init_args.lambda_fl"),
-    ("--model.init_args.gamma_time", ".nan", "model.init_args.gamma_time"),
     ("--model.init_args.betas", "[1.5, 0.999]", "model.betas"),
     ("--model.init_args.weight_decay", "-1", "model.weight_decay"),
 ])
@@ -216,7 +215,19 @@ def test_bad_float_settings_name_the_key(workdir, capsys, flag, value, key):
     assert not list(workdir.glob("runs/**/*.ckpt"))
 
 
-def _toy_module(nan_steps: set[int]):
+def test_float_helpers_name_the_key():
+    from ctsr.errors import check_finite_values, non_finite_entries
+    from ctsr.lit.common import check_optimizer
+
+    with pytest.raises(ConfigError, match="model.gamma_time: must be a finite number, got nan"):
+        check_finite_values("model", {"lambda_rn": 1.0, "gamma_time": float("nan")})
+    with pytest.raises(ConfigError, match="model.betas"):
+        check_optimizer(1e-3, (0.9, float("inf")), 0.0)
+    tree = {"data": {"init_args": {"degradation": {"init_args": {"sigma": [0.2, float("-inf")]}}}}}
+    assert list(non_finite_entries(tree)) == [("data.init_args.degradation.init_args.sigma.1", float("-inf"))]
+
+
+def _toy_module(nan_steps: set[int], sgd_lr: float | None = None):
     import lightning as L
 
     class Toy(L.LightningModule):
@@ -231,6 +242,8 @@ def _toy_module(nan_steps: set[int]):
             return loss * float("nan") if self.calls in nan_steps else loss
 
         def configure_optimizers(self):
+            if sgd_lr is not None:
+                return torch.optim.SGD(self.parameters(), lr=sgd_lr)
             return torch.optim.AdamW(self.parameters(), lr=0.1)
 
         def train_dataloader(self):
@@ -311,6 +324,13 @@ def test_a_signal_saves_the_current_step_and_exits_non_zero(tmp_path, sig):
     assert info.value.exit_code == 128 + sig
     assert load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 3
     assert signal.getsignal(sig) == before  # the handler is the caller's again
+
+
+def test_weights_that_become_non_finite_stop_the_run_at_once(tmp_path):
+    trainer, _ = _toy_trainer(tmp_path, steps=5, every=1)
+    with pytest.raises(NonFiniteError, match="step 1: the trainable weights became non-finite"):
+        trainer.fit(_toy_module(set(), sgd_lr=float("inf")))  # finite loss and gradient, infinite update
+    assert not list((tmp_path / "ckpt").glob("*.ckpt"))     # nothing written with them
 
 
 def test_no_checkpoint_with_non_finite_weights(tmp_path):
@@ -500,6 +520,20 @@ def test_upscale_lists_unusable_inputs_and_refuses_image_named_folders(tmp_path,
     assert (tmp_path / "out" / "a.png").is_file()
     summary = out.out.strip().splitlines()[-1]
     assert "anim.gif" in summary and "gone.png" in summary and "notes.txt" in summary, summary
+
+    # a model whose output is non-finite: that image fails, nothing is written for it (no black PNG)
+    from ctsr.inference.upscale import Upscaler
+
+    real = Upscaler.__call__
+    try:
+        Upscaler.__call__ = lambda self, x, ts: [torch.full((x.shape[0], 3, 4 * x.shape[-2], 4 * x.shape[-1]),
+                                                            float("nan")) for _ in ts]
+        rc = main(["upscale", str(src / "a.png"), str(tmp_path / "nan.png"), "--ckpt", str(model)])
+    finally:
+        Upscaler.__call__ = real
+    out = capsys.readouterr()
+    assert rc == 1 and not (tmp_path / "nan.png").exists()
+    assert "non-finite" in out.err and "0 of 1 image(s) upscaled" in out.out
 
 
 # -- slow: real processes killed by signals ------------------------------------------------------------------------
