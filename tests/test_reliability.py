@@ -227,7 +227,7 @@ def test_float_helpers_name_the_key():
     assert list(non_finite_entries(tree)) == [("data.init_args.degradation.init_args.sigma.1", float("-inf"))]
 
 
-def _toy_module(nan_steps: set[int], sgd_lr: float | None = None):
+def _toy_module(nan_steps: set[int], sgd_lr: float | None = None, lr: float = 0.1):
     import lightning as L
 
     class Toy(L.LightningModule):
@@ -235,6 +235,7 @@ def _toy_module(nan_steps: set[int], sgd_lr: float | None = None):
             super().__init__()
             self.w = torch.nn.Parameter(torch.ones(3))
             self.calls = 0
+            self.save_hyperparameters({"lr": lr})
 
         def training_step(self, batch, batch_idx):
             self.calls += 1
@@ -244,7 +245,7 @@ def _toy_module(nan_steps: set[int], sgd_lr: float | None = None):
         def configure_optimizers(self):
             if sgd_lr is not None:
                 return torch.optim.SGD(self.parameters(), lr=sgd_lr)
-            return torch.optim.AdamW(self.parameters(), lr=0.1)
+            return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
         def train_dataloader(self):
             return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(64, 3)), batch_size=1)
@@ -324,6 +325,16 @@ def test_a_signal_saves_the_current_step_and_exits_non_zero(tmp_path, sig):
     assert info.value.exit_code == 128 + sig
     assert load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 3
     assert signal.getsignal(sig) == before  # the handler is the caller's again
+
+
+def test_a_resume_with_changes_applies_the_new_lr(tmp_path):
+    trainer, _ = _toy_trainer(tmp_path, steps=1)
+    trainer.fit(_toy_module(set(), lr=0.1))
+    trainer2, _ = _toy_trainer(tmp_path / "2", steps=2)
+    module = _toy_module(set(), lr=0.5)
+    trainer2.fit(module, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer2.optimizers[0].param_groups[0]["lr"] == 0.5   # not the checkpoint's 0.1
+    assert int(trainer2.optimizers[0].state[module.w]["step"]) == 2   # the AdamW state continued
 
 
 def test_weights_that_become_non_finite_stop_the_run_at_once(tmp_path):

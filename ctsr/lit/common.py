@@ -165,6 +165,7 @@ class RunGuard(Callback):
         return {"skipped_total": self.skipped_total, "consecutive": self.consecutive, "rng": _rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        self._resumed = True
         self.skipped_total = int(state.get("skipped_total", 0))
         self.consecutive = int(state.get("consecutive", 0))
         self._pending_rng = state.get("rng")
@@ -232,6 +233,22 @@ class RunGuard(Callback):
         self._start_step = trainer.global_step
         self.signal = None
         self._install_signals()
+        if getattr(self, "_resumed", False):
+            self._apply_resumed_settings(trainer, pl_module)
+
+    @staticmethod
+    def _apply_resumed_settings(trainer, pl_module) -> None:
+        """A resume with --resume_with_changes: the optimiser state comes from the checkpoint, its settings (lr,
+        betas, weight_decay) from the config now given — else a changed lr would be silently ignored."""
+        hparams = getattr(pl_module, "hparams", {})
+        wanted = {k: (tuple(hparams[k]) if k == "betas" else hparams[k])
+                  for k in ("lr", "betas", "weight_decay") if k in hparams}
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                for key, value in wanted.items():
+                    if key in group and group[key] != value:
+                        rank_zero_warn(f"resumed with {key} = {value} (the checkpoint's optimiser had {group[key]})")
+                        group[key] = value
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._pending_rng is not None:  # resumed: continue the random stream where the checkpoint left it
