@@ -567,9 +567,12 @@ trainer:
 """
 
 
-def _ctsr(argv, cwd, timeout=900):
+def _ctsr(argv, cwd, timeout=900, fault: str | None = None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(SCRIPTS), os.environ.get("PYTHONPATH", "")]),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("CTSR_FAULT", None)
+    if fault is not None:  # tests/scripts/sitecustomize.py adds KillAt outside the run's config
+        env["CTSR_FAULT"] = fault
     return subprocess.run([sys.executable, "-m", "ctsr.cli", *argv], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -644,7 +647,7 @@ def test_ablation_runner_survives_a_kill_at_any_moment(workdir, moment):
 
     where, step = moment.split(":")
     run = sweep.plan("ablation-distill", "tiny", "runs")[0]
-    killed = _ctsr(run.argv + _kill(where, int(step)), workdir)
+    killed = _ctsr(run.argv, workdir, fault=f"{where}:{step}:SIGKILL")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (run.folder / sweep.DONE).exists()
 
