@@ -61,7 +61,7 @@ def read_safetensors(path: str | Path, what: str = "model file") -> tuple[dict[s
     try:
         with safe_open(str(path), "pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as err:  # noqa: BLE001 — SafetensorError, OSError, …
         raise ConfigError(f"{what}: '{path}' is not a readable safetensors file ({describe(err)})") from None
     return tensors, meta

@@ -49,7 +49,7 @@ class RunLock:
         self.path = path
 
     @classmethod
-    def acquire(cls, folder: str | Path) -> "RunLock":
+    def acquire(cls, folder: str | Path) -> RunLock:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOCK

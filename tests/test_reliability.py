@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from ctsr.checkpoints import atomic_save, load_checkpoint
 from ctsr.cli import main
@@ -156,7 +155,7 @@ def _tiny_export(path: Path, poison: bool = False, meta: dict | None = None) -> 
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())  # noqa: SIM118
         if poison:
             key = next(k for k in tensors if k.startswith("stage2."))
             tensors[key] = tensors[key].clone()
@@ -289,7 +288,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
 
 def test_skipped_step_leaves_weights_and_optimiser_untouched(tmp_path):
     module = _toy_module({2})
-    trainer, guard = _toy_trainer(tmp_path, steps=1)
+    trainer, _ = _toy_trainer(tmp_path, steps=1)
     trainer.fit(module)
     w1 = module.w.detach().clone()
     step1 = trainer.optimizers[0].state[module.w]["step"].clone()
@@ -574,7 +573,7 @@ def _ctsr(argv, cwd, timeout=900, fault: str | None = None):
     if fault is not None:  # tests/scripts/sitecustomize.py adds KillAt outside the run's config
         env["CTSR_FAULT"] = fault
     return subprocess.run([sys.executable, "-m", "ctsr.cli", *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def _kill(moment, step, sig="SIGKILL"):
@@ -660,6 +659,6 @@ def test_ablation_runner_survives_a_kill_at_any_moment(workdir, moment):
     sweep.execute([again], launcher, log=lambda m: None)
     assert json.loads((run.folder / sweep.DONE).read_text())["step"] == 4
     assert sweep.metrics_step(run.folder) == 4
-    md, rows = sweep.collect("ablation-distill", "tiny", "runs", "results")
+    _, rows = sweep.collect("ablation-distill", "tiny", "runs", "results")
     assert rows[0]["run"] == "without-distill" and rows[0]["psnr"] != ""
     assert float(rows[0]["psnr"]) == pytest.approx(sweep.read_metrics(run.folder / "metrics.csv")[0.0]["psnr"])

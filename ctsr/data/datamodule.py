@@ -16,7 +16,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
-from ctsr.data.datasets import EpochSampler, HRTrainDataset, HRValDataset, PairedDataset, collect_files
+from ctsr.data.datasets import (
+    EpochSampler,
+    HRTrainDataset,
+    HRValDataset,
+    PairedDataset,
+    collect_files,
+)
 from ctsr.data.degradations import RealESRGANDegradation, usm_sharp
 from ctsr.data.images import list_images
 from ctsr.errors import DataError, check

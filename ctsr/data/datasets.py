@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 

@@ -4,7 +4,6 @@ step saved, the random state that makes a resume exact) and :class:`AtomicCheckp
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import sys

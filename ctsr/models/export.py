@@ -12,10 +12,13 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
-
-from ctsr.checkpoints import json_meta, load_checkpoint, read_safetensors, require_finite
-from ctsr.errors import ConfigError, MissingWeightsError
+from ctsr.checkpoints import (
+    json_meta,
+    load_checkpoint,
+    read_safetensors,
+    require_finite,
+)
+from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe
 from ctsr.models.control import FORMAT, ControllableSR, load_into
 from ctsr.models.generator import OneStepGenerator
 
@@ -51,7 +54,13 @@ def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: st
                                   f"from `ctsr export`)")
     if path.suffix == ".safetensors":
         check_model_file(path)
-        return ControllableSR.load(path, pretrained, osediff_lora)
+        try:
+            return ControllableSR.load(path, pretrained, osediff_lora)
+        except CTSRError:
+            raise
+        except (TypeError, KeyError, ValueError) as err:  # metadata that parses but does not fit this ctsr
+            raise ConfigError(f"'{path}': its metadata does not describe a model this ctsr can build "
+                              f"({describe(err)})") from None
     ckpt = load_checkpoint(path, "model file")
     return model_from_checkpoint(ckpt, pretrained, osediff_lora, str(path))
 
@@ -63,9 +72,10 @@ def check_model_file(path: str | Path) -> None:
         raise ConfigError(f"'{path}' is not a CTSR model file (format {meta.get('format')!r}; write one with "
                           f"`ctsr export`)")
     generator, control = json_meta(meta, "generator", path), json_meta(meta, "control", path)
-    for key in ("rank", "tau_max", "control_steps"):
-        if key not in control:
-            raise ConfigError(f"'{path}': metadata 'control' lacks '{key}'")
+    if not isinstance(control.get("rank"), int) or control["rank"] < 1:
+        raise ConfigError(f"'{path}': metadata 'control' lacks a valid 'rank'")
+    if "selected_t" in meta and not isinstance(json_meta(meta, "selected_t", path).get("t"), (int, float)):
+        raise ConfigError(f"'{path}': metadata 'selected_t' lacks a number 't'")
     if not isinstance(generator.get("pretrained", ""), str):
         raise ConfigError(f"'{path}': metadata 'generator' has no valid 'pretrained' entry")
     if not any(k.startswith("stage1.") for k in tensors) or not any(k.startswith("stage2.") for k in tensors):

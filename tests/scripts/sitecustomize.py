@@ -5,7 +5,6 @@ import os
 
 if os.environ.get("CTSR_FAULT"):
     import lightning.pytorch as pl
-
     from ctsr_faults import KillAt
 
     _moment, _step, _signal = os.environ["CTSR_FAULT"].split(":")
