@@ -10,7 +10,8 @@ PORT   ?= 6006
 RUNS   ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow quickstart samples tensorboard clean bench-degrade bench-sweep bench-gpu gpu-wheels gpu-checks toy
+.PHONY: help install test test-slow quickstart samples tensorboard clean bench-degrade bench-sweep bench-gpu gpu-wheels gpu-checks toy \
+	browser demo demo-screenshot
 
 help: ## list the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,7 +21,7 @@ $(STAMP): setup.py setup.cfg
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned: the CPU/CUDA build on this machine's disk (a bare `torch` may pull a multi-GB build)
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,demo]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv (python3.11) and install ctsr with its dependencies (once)
@@ -40,6 +41,29 @@ quickstart: $(STAMP) samples ## stage 1 then stage 2 on tiny models and the samp
 	$(OFFLINE) $(CTSR) fit --config experiments/quickstart_stage2.yaml
 	$(OFFLINE) $(CTSR) export $(RUNS)/quickstart-stage2/checkpoints/last.ckpt $(RUNS)/quickstart-stage2/ctsr.safetensors
 	@echo "Runs: $(RUNS)/quickstart-stage1, $(RUNS)/quickstart-stage2 — open them with: make tensorboard"
+
+QUICKSTART_MODEL := $(RUNS)/quickstart-stage2/ctsr.safetensors
+$(QUICKSTART_MODEL):
+	$(MAKE) quickstart
+
+demo: $(STAMP) $(QUICKSTART_MODEL) ## serve the quick-start model's page with a t slider on http://127.0.0.1:7860
+	$(OFFLINE) $(CTSR) demo --ckpt $(QUICKSTART_MODEL) --device cpu
+
+# Debian's Chromium for the browser test and the screenshot (Playwright's own browser builds cannot be downloaded
+# here); installed with apt-get when this runs as root, else it says what to run.
+CHROMIUM ?= /usr/bin/chromium
+browser: ## install Debian's chromium (headless, for tests/test_demo.py and demo-screenshot); needs root
+	@if command -v chromium >/dev/null 2>&1 || test -x $(CHROMIUM); then echo "chromium: $$(command -v chromium || echo $(CHROMIUM))"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "no chromium: run 'sudo apt-get install chromium' (tests/test_demo.py skips the browser test without it)"; fi
+
+DEMO_IMAGE := $(RUNS)/demo/motorcycle_left_small.png
+demo-screenshot: $(STAMP) samples browser $(QUICKSTART_MODEL) ## docs/demo.png: the page after a slider move (quick-start model, headless Chromium)
+	mkdir -p $(dir $(DEMO_IMAGE))
+	$(BIN)/python -c "from PIL import Image; im = Image.open('data/samples/val/motorcycle_left.png'); \
+		im.resize((160, round(160 * im.height / im.width)), Image.LANCZOS).save('$(DEMO_IMAGE)')"
+	$(OFFLINE) $(CTSR) demo --ckpt $(QUICKSTART_MODEL) --device cpu --screenshot docs/demo.png --image $(DEMO_IMAGE) --t 0.7
 
 toy: $(STAMP) ## mechanism lab: the paper's claims measured in a toy world on the CPU (results/toy/report.md)
 	$(BIN)/python -m ctsr.toy.lab --out results/toy

@@ -23,6 +23,8 @@ TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-l
     "upscale": ("ctsr.inference.upscale", "upscale images or folders at one or several t (any size, tiled)"),
     "export": ("ctsr.models.export", "write a stage-2 checkpoint as one .safetensors file (no Lightning needed)"),
     "bench": ("ctsr.inference.bench", "time the upscale path against the bare diffusers graph (ratios)"),
+    "demo": ("ctsr.inference.demo", "a local web page with a t slider (gradio: pip install 'ctsr[demo]')"),
+    "push": ("ctsr.models.hub", "publish a trained model on the Hugging Face Hub with a generated model card"),
 }
 _LOCKS: list = []  # the run locks this process holds; main() releases them however it ends
 

@@ -31,7 +31,7 @@ ablation-lambda: $(EXP_DEPS) ## Table 6: λ_rn, λ_fl, γ_time grid (+ γ_time=0
 ablation-distill: $(EXP_DEPS) ## Table 4: stage 1 with / without the distillation terms (SIZE=tiny|paper)
 	$(SWEEP) $@ $(EXP_FLAGS)
 
-ablation-teacher: $(EXP_DEPS) ## Table 5: two fidelity teachers (paper: weights/fidelity_teacher{,_b}.pth; tiny: bicubic/bilinear)
+ablation-teacher: $(EXP_DEPS) ## Table 5: fidelity teacher SinSR vs ResShift (docs/teachers.md; tiny: bilinear/bicubic)
 	$(SWEEP) $@ $(EXP_FLAGS)
 
 ablation-stage2-path: $(EXP_DEPS) ## stage-2 control paths fidelity/noise/denoise, a t sweep each (STAGE1_CKPT=… to start from)

@@ -73,12 +73,14 @@ def test_paper_dry_run_prints_commands_and_touches_nothing(tmp_path, capsys):
     assert lc.main(["--dry-run", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     fits = [line for line in out.splitlines() if "-m ctsr.cli fit" in line]
-    assert len(fits) == 14 + 2 + 2 + 3
+    assert len(fits) == 14 + 2 + 2 + 6  # stage-2 paths: 3 paths × 2 objectives
     assert sum("--config experiments/stage1.yaml" in f and "tiny_stage1" not in f for f in fits) == 18
     assert "--config experiments/ablations/lambda_rn_0.6.yaml" in out
     assert "--config experiments/ablations/stage2_path_noise.yaml" in out
+    assert sum("stage2_objective_eq8.yaml" in f for f in fits) == 3
+    assert sum("stage2_objective_endpoint.yaml" in f for f in fits) == 3
     assert "-m ctsr.cli test --config experiments/eval.yaml" in out
-    assert "realness=osediff" in out and "weights/fidelity_teacher.pth" in out
+    assert "realness=osediff" in out and "resshift:weights/resshift_realsrx4_s4_v3.pth" in out
     assert not runs_dir.exists() and not results.exists()
 
 

@@ -117,20 +117,35 @@ def test_passes_per_t_and_t_range(stage2):
             model(x, bad)
 
 
-def test_k_step_integration_equals_the_rule_for_k1(stage2):
+def test_each_objective_is_evaluated_by_its_own_rule(stage2):
+    """endpoint/fidelity: z0 + t·ε_S(z0, τ_c); endpoint/curved: z0 + t·ε_S(z0, τ(t)); eq8: Euler steps at τ(t_k)
+    (and the old files' τ(t_{k+1}) rule when asked)."""
     model = stage2.model.eval()
     with torch.no_grad():
         for n, p in model.generator.unet.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
         z0 = model.z0(torch.rand(1, 3, 8, 8))
-        t = 0.6
-        rule = z0 + t * model.velocity(z0, torch.tensor([t * 999.0]))
-        assert torch.allclose(model.controlled_latent(z0, t), rule, atol=1e-5)
-        model.control_steps = 2
-        half = z0 + 0.3 * model.velocity(z0, torch.tensor([0.3 * 999.0]))
-        two = half + 0.3 * model.velocity(half, torch.tensor([0.6 * 999.0]))
+        t, v = 0.6, model.velocity
+        tau = lambda x: torch.tensor([float(x)])
+        assert (model.objective, model.path, model.tau_c) == ("endpoint", "fidelity", 0.0)
+        assert torch.allclose(model.controlled_latent(z0, t), z0 + t * v(z0, tau(0.0)), atol=1e-5)
+        model.tau_c = 250.0
+        assert torch.allclose(model.controlled_latent(z0, t), z0 + t * v(z0, tau(250)), atol=1e-5)
+        model.path = "denoise"
+        assert not model.constant_velocity
+        assert torch.allclose(model.controlled_latent(z0, t), z0 + t * v(z0, tau(t * 999)), atol=1e-5)
+        model.objective, model.control_steps = "eq8", 2
+        half = z0 + 0.3 * v(z0, tau(0.0))
+        two = half + 0.3 * v(half, tau(0.3 * 999))
         assert torch.allclose(model.controlled_latent(z0, t), two, atol=1e-5)
+        model.tau_rule = "next"
+        half = z0 + 0.3 * v(z0, tau(0.3 * 999))
+        two = half + 0.3 * v(half, tau(0.6 * 999))
+        assert torch.allclose(model.controlled_latent(z0, t), two, atol=1e-5)
+        model.control_steps, model.tau_rule = 1, "euler"
+        assert model.constant_velocity  # eq8 with one Euler step reads ε_S at τ(0) whatever t
+        assert torch.allclose(model.controlled_latent(z0, t), z0 + t * v(z0, tau(0.0)), atol=1e-5)
 
 
 def test_export_and_load_without_lightning(stage2, tmp_path):

@@ -10,8 +10,9 @@ import torch
 from ctsr.diffusion.schedule import NoiseSchedule, alphas_cumprod
 from ctsr.losses.stage1 import DualTeacherLoss, Stage1Weights, teacher_terms
 from ctsr.losses.stage2 import control_targets
-from ctsr.toy.models import ToyGenerator
-from ctsr.toy.train import EvalSet, draw_batch, fidelity_teacher, pretrain, stage1, stage2, stage2_terms
+from ctsr.toy.models import ToyGenerator, conditional_generator, set_control, set_delta_scale
+from ctsr.toy.train import (EvalSet, draw_batch, fidelity_teacher, pretrain, stage1, stage2, toy_stage2_terms,
+                            train_delta_knob)
 from ctsr.toy.world import MixtureWorld, energy_distance, mse, to_points
 
 
@@ -181,11 +182,11 @@ def test_large_lambda_fl_moves_the_mse_to_the_fidelity_teacher(trained):
 
 @pytest.fixture(scope="module")
 def fidelity_control(trained):
-    model, _ = stage2(trained.init, trained.world, "fidelity", steps=200, batch=256, lr=1e-3, seed=0)
+    model, _ = stage2(trained.init, trained.world, "fidelity", "eq8", steps=200, batch=256, lr=1e-3, seed=0)
     return model
 
 
-def _d_f(model, ev, t, k=1):
+def _d_f(model, ev, t):
     with torch.no_grad():
         z = model.controlled_latent(model.z0(ev.batch.x_lr, ev.noise), t)
     return mse(to_points((z + 1) / 2), ev.x_f)
@@ -204,9 +205,8 @@ def test_fidelity_path_ends_on_the_fidelity_teacher(trained):
 
 
 def test_fidelity_control_learns_the_velocity_where_eq8_trains_it(trained, fidelity_control):
-    """Where eq. 8 puts its samples (z_t, τ(t)) with small t, ε_S learns z_f − z0, so the project's rule moves
-    towards E[z|y] for small t. (Not pinned: that t = 1 of the K = 1 rule lands on E[z|y] — in this world it does
-    not, the lab reports why.)"""
+    """Where eq. 8 puts its samples (z_t, τ(t)) with small t, ε_S learns z_f − z0, so the Euler rule (one velocity
+    ε_S(z0, τ(0))) moves towards E[z|y] for small t."""
     model, ev = fidelity_control, trained.ev
     with torch.no_grad():
         z0 = model.z0(ev.batch.x_lr, ev.noise)
@@ -218,19 +218,131 @@ def test_fidelity_control_learns_the_velocity_where_eq8_trains_it(trained, fidel
     assert _d_f(model, ev, 0.2) < 0.8 * d0
 
 
-def test_stage2_terms_equal_the_lightning_module(trained, fidelity_control):
-    """The toy's stage2_terms is ControllabilityDistillation.stage2_terms: same loss for every path."""
+def test_toy_stage2_terms_equal_the_lightning_module(trained, fidelity_control):
+    """The toy's stage-2 loss is ControllabilityDistillation.stage2_terms': same loss for both objectives, every
+    path, both teacher inputs and both t-samplers."""
     from ctsr.lit.stage2 import ControllabilityDistillation
 
     model, world = fidelity_control, trained.world
     ft = fidelity_teacher(world, model.generator)
     x_lr = draw_batch(world, 16, torch.Generator().manual_seed(6)).x_lr
-    for path in ("fidelity", "noise", "denoise"):
-        for teacher_input in ("z0", "path"):
-            duck = SimpleNamespace(hparams=SimpleNamespace(path=path, teacher_input=teacher_input, tau_max=999.0),
-                                   model=model, fidelity_teacher=ft, generator=model.generator)
-            model.teacher.rng.manual_seed(0)
-            ref = ControllabilityDistillation.stage2_terms(duck, x_lr, torch.Generator().manual_seed(7))
-            model.teacher.rng.manual_seed(0)
-            got = stage2_terms(model, ft, path, teacher_input, 999.0, x_lr, torch.Generator().manual_seed(7))
-            assert float(got["loss"].detach()) == pytest.approx(float(ref["loss"].detach()), rel=1e-6)
+    cases = [("endpoint", p, "z0", "order", tau_c) for p in ("fidelity", "noise", "denoise") for tau_c in (0.0, 30.0)]
+    cases += [("eq8", p, ti, ts, 0.0) for p in ("fidelity", "noise", "denoise") for ti in ("z0", "path")
+              for ts in ("order", "uniform")]
+    for objective, path, teacher_input, t_sampler, tau_c in cases:
+        opts = dict(objective=objective, path=path, teacher_input=teacher_input, tau_max=200.0, tau_c=tau_c,
+                    t_sampler=t_sampler)
+        duck = SimpleNamespace(hparams=SimpleNamespace(**opts), model=model, fidelity_teacher=ft,
+                               generator=model.generator)
+        model.teacher.rng.manual_seed(0)
+        ref = ControllabilityDistillation.stage2_terms(duck, x_lr, torch.Generator().manual_seed(7))
+        model.teacher.rng.manual_seed(0)
+        got = toy_stage2_terms(model, ft, x_lr, torch.Generator().manual_seed(7), **opts)
+        assert float(got["loss"].detach()) == pytest.approx(float(ref["loss"].detach()), rel=1e-6), opts
+
+
+def test_toy_stage2_calls_the_projects_stage2_terms(trained, monkeypatch):
+    """Every training step of the toy's stage 2 goes through ctsr.losses.stage2.stage2_terms (no mirror that could
+    drift), with the objective and path asked for."""
+    import ctsr.losses.stage2 as s2
+
+    calls, real = [], s2.stage2_terms
+
+    def spy(model, x_lr, generator=None, **kw):
+        calls.append(kw)
+        return real(model, x_lr, generator, **kw)
+
+    monkeypatch.setattr(s2, "stage2_terms", spy)
+    stage2(trained.init, trained.world, "denoise", "endpoint", tau_max=100.0, steps=3, batch=32)
+    assert len(calls) == 3
+    assert {(c["objective"], c["path"], c["tau_max"]) for c in calls} == {("endpoint", "denoise", 100.0)}
+
+
+def test_endpoint_is_trained_where_the_toy_model_evaluates_it(trained):
+    """Default objective: the (latent, timestep) pairs the student sees in a toy training step are the ones
+    ControllableSR queries at inference (z0 and τ_c), for every t."""
+    model, _ = stage2(trained.init, trained.world, "fidelity", "endpoint", tau_c=25.0, steps=0)
+    ft = fidelity_teacher(trained.world, model.generator)
+    x_lr = draw_batch(trained.world, 8, torch.Generator().manual_seed(8)).x_lr
+    seen = []
+    model.teacher.rng.manual_seed(3)
+    toy_stage2_terms(model, ft, x_lr, torch.Generator().manual_seed(0), tau_c=25.0,
+                     record=lambda z, tau: seen.append((z.clone(), tau.clone())))
+    asked = []
+    velocity = model.velocity
+    model.velocity = lambda z, tau: (asked.append((z.clone(), tau.clone())), velocity(z, tau))[1]
+    model.teacher.rng.manual_seed(3)
+    z0 = model.z0(x_lr)
+    with torch.no_grad():
+        for t in (0.3, 1.0):
+            model.controlled_latent(z0, t)
+    del model.velocity
+    assert len(seen) == 1 and len(asked) == 2
+    for z, tau in asked:
+        assert torch.equal(z, seen[0][0]) and torch.equal(tau, seen[0][1])
+        assert torch.all(tau == 25.0)
+
+
+def test_endpoint_reaches_the_fidelity_end_better_than_eq8_with_the_old_rule(trained):
+    """Quick budget, fidelity path: t = 1 of the default (endpoint) lands much nearer E[z|y] than eq. 8 evaluated
+    with the old τ(t_{k+1}) rule at K = 1; and the endpoint's z(t) is linear in t (one velocity)."""
+    ev = trained.ev
+    endpoint, _ = stage2(trained.init, trained.world, "fidelity", "endpoint", steps=120, batch=256, lr=1e-3)
+    eq8, _ = stage2(trained.init, trained.world, "fidelity", "eq8", steps=120, batch=256, lr=1e-3)
+    eq8.tau_rule = "next"
+    d0 = _d_f(endpoint, ev, 0.0)
+    ratio_endpoint, ratio_eq8 = _d_f(endpoint, ev, 1.0) / d0, _d_f(eq8, ev, 1.0) / d0
+    assert ratio_endpoint < 0.5 * ratio_eq8, (ratio_endpoint, ratio_eq8)
+    assert ratio_endpoint < 0.3
+    with torch.no_grad():
+        z0 = endpoint.z0(ev.batch.x_lr, ev.noise)
+        z_half, z_one = endpoint.controlled_latent(z0, 0.5), endpoint.controlled_latent(z0, 1.0)
+    assert torch.allclose(z_half - z0, 0.5 * (z_one - z0), atol=1e-6)
+
+
+def test_chord_families_start_at_their_base_and_the_knob_reaches_the_fidelity_end(trained):
+    """The loss-conditional generator is the base generator for every t before training (zero-initialised control
+    inputs); the LoRA-scale knob is T_S exactly at t = 0 and, trained at t = 1, lands nearer E[z|y] there."""
+    ev = trained.ev
+    base = ev.outputs(trained.init)
+    cond = conditional_generator(trained.init)
+    for t in (0.0, 0.7):
+        set_control(cond, t)
+        assert torch.allclose(ev.outputs(cond), base, atol=1e-6)
+    knob = train_delta_knob(trained.init, trained.world, rank=2, steps=60, batch=256, lr=2e-3)
+    set_delta_scale(knob, 0.0)
+    assert torch.equal(ev.outputs(knob), base)
+    set_delta_scale(knob, 1.0)
+    assert mse(ev.outputs(knob), ev.x_f) < 0.5 * mse(base, ev.x_f)
+
+
+def test_lab_writes_the_summary_with_every_variant_and_the_default(tmp_path):
+    """A smoke-sized lab run: summary.json has per world each variant's df_ratio / mse_rising_steps /
+    max_path_error, names the default, and the report has the new sections."""
+    import json
+
+    from ctsr.toy.lab import LabConfig, run_lab
+
+    torch.set_num_threads(1)
+    cfg = LabConfig.quick()
+    run_lab(tmp_path, cfg, log=lambda *_: None)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["default"] == "fidelity/endpoint"
+    world = summary["d2"]
+    expected = {"fidelity/endpoint", "fidelity/eq8-next-K1", "fidelity/eq8-euler-K1", "fidelity/eq8-euler-K8",
+                "denoise/eq8-next-K1", "denoise/eq8-euler-K1", "denoise/eq8-euler-K8"}
+    expected |= {f"denoise/endpoint-tau{t:g}" for t in cfg.denoise_tau_sweep}
+    assert expected <= set(world)
+    for name in expected:
+        v = world[name]
+        assert set(v) == {"df_ratio", "mse_rising_steps", "max_path_error"}
+        assert isinstance(v["mse_rising_steps"], int) and 0 <= v["mse_rising_steps"] <= 10
+        assert v["df_ratio"] >= 0 and v["max_path_error"] >= 0
+    assert world["_denoise_best"] in expected
+    assert set(world["_chord"]) == {"loss-conditional", "lora-knob", "fidelity/endpoint"}
+    assert world["_chord"]["fidelity/endpoint"]["best_d_ed"] > -1e-6      # z0 + t·v is on its own chord
+    assert summary["target"]["d2"]["met"] in (True, False)
+    report = (tmp_path / "report.md").read_text()
+    assert "Beyond the chord" in report and "fidelity/endpoint" in report
+    for f in ("chord.png", "stage2_d2_pretrained.png", "stage2_d2_stage1.png", "results.json"):
+        assert (tmp_path / f).is_file()

@@ -1,7 +1,7 @@
 """The paper's Table 1 baseline: blend a fidelity model's and a realness model's outputs, α·x_f + (1 − α)·x_r.
 
     python -m ctsr.experiments.linear_combination --size tiny          # tiny generator vs bicubic, sample photos
-    python -m ctsr.experiments.linear_combination --realness osediff --fidelity weights/fidelity_teacher.pth \
+    python -m ctsr.experiments.linear_combination --realness osediff --fidelity resshift:weights/resshift_realsrx4_s4_v3.pth \
         --pairs datasets/RealSR/test_LR datasets/RealSR/test_HR        # the paper: OSEDiff and ResShift
 
 Realness model x_r: a trained CTSR file at t = 0 (``ctsr.models.export.load_model``), ``osediff`` (SD 2.1-base +
@@ -26,7 +26,7 @@ DEFAULT_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 PRESETS = {
     "tiny": {"realness": "tiny", "fidelity": "bicubic", "dirs": ["data/samples/val"], "pairs": None, "crop": 64,
              "metrics": "psnr,ssim,lpips", "metric_weights": "random", "device": "cpu", "base": None},
-    "paper": {"realness": "osediff", "fidelity": "weights/fidelity_teacher.pth", "dirs": None,
+    "paper": {"realness": "osediff", "fidelity": "resshift:weights/resshift_realsrx4_s4_v3.pth", "dirs": None,
               "pairs": ["datasets/RealSR/test_LR", "datasets/RealSR/test_HR"], "crop": None,
               "metrics": "psnr,ssim,lpips,dists,fid,niqe,musiq,maniqa,clipiqa", "metric_weights": "pretrained",
               "device": "auto", "base": "stabilityai/stable-diffusion-2-1-base"},

@@ -106,17 +106,19 @@ EXPERIMENTS: dict[str, Experiment] = {
             ("psnr", "ssim", "lpips", "clipiqa", "maniqa"),
         ),
         Experiment(
-            "ablation-teacher", "Table 5: the fidelity teacher T_f (tiny: bicubic vs bilinear)", "stage1",
-            (Variant("teacher-b", "fidelity_teacher", "teacher B (paper: SinSR; tiny: bilinear)",
-                     (f"{ABLATIONS}/teacher_b.yaml",), (f"{ABLATIONS}/teacher_bilinear.yaml",)),
-             Variant("teacher-a", "fidelity_teacher", "teacher A, stage1.yaml (paper: ResShift; tiny: bicubic)", ())),
+            "ablation-teacher", "Table 5: the fidelity teacher T_f, SinSR vs ResShift (tiny: bilinear vs bicubic)",
+            "stage1",
+            (Variant("sinsr", "fidelity_teacher", "SinSR v1, 1 step (tiny: bilinear)",
+                     (f"{ABLATIONS}/teacher_sinsr.yaml",), (f"{ABLATIONS}/teacher_bilinear.yaml",)),
+             Variant("resshift", "fidelity_teacher", "ResShift v3, 4 steps, stage1.yaml (tiny: bicubic)", ())),
             ("psnr", "ssim", "lpips", "clipiqa", "maniqa"),
         ),
         Experiment(
-            "ablation-stage2-path", "Stage-2 control paths (DESIGN §6): fidelity, noise, denoise; a t sweep each",
-            "stage2",
-            tuple(Variant(f"path-{p}", "path", p, (f"{ABLATIONS}/stage2_path_{p}.yaml",))
-                  for p in ("fidelity", "noise", "denoise")),
+            "ablation-stage2-path", "Stage-2 control paths (DESIGN §6) × objectives (endpoint, the default; eq8, "
+            "the paper's): fidelity, noise, denoise; a t sweep each", "stage2",
+            tuple(Variant(f"path-{p}" + ("" if o == "endpoint" else f"-{o}"), "path, objective", f"{p}, {o}",
+                          (f"{ABLATIONS}/stage2_path_{p}.yaml", f"{ABLATIONS}/stage2_objective_{o}.yaml"))
+                  for p in ("fidelity", "noise", "denoise") for o in ("endpoint", "eq8")),
             ("psnr", "ssim", "lpips", "niqe", "musiq"), per_t=True, needs_stage1=True,
         ),
     )

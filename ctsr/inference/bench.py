@@ -72,7 +72,7 @@ def build(size: str, device: torch.device, seed: int = 0):
 
 
 def bare_graph(unet, vae, context: Tensor, t: float, control_steps: int) -> Callable[[Tensor], Tensor]:
-    """x (B, 3, H, W) in [-1, 1] → VAE encode → UNet at τ = 999 → ẑ0 (→ K control passes if t > 0);
+    """x (B, 3, H, W) in [-1, 1] → VAE encode → UNet at τ = 999 → ẑ0 (→ K control passes if t > 0, τ(t_k));
     then decode: the arithmetic of DESIGN §3 and §6 written out on plain diffusers modules."""
     from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, NoiseSchedule
 
@@ -85,9 +85,9 @@ def bare_graph(unet, vae, context: Tensor, t: float, control_steps: int) -> Call
         z = vae.encode(x).latent_dist.mode() * s
         eps = unet(z, torch.full((b,), float(GENERATOR_TIMESTEP), device=x.device), encoder_hidden_states=c).sample
         z = schedule.x0_from_eps(z, eps, GENERATOR_TIMESTEP)
-        if t > 0:
+        if t > 0:  # the default (endpoint) rule: z0 + t·ε_S(z0, τ_c); eq8 with K Euler steps at τ(t_k)
             for k in range(control_steps):
-                tau = torch.full((b,), t * (k + 1) / control_steps * GENERATOR_TIMESTEP, device=x.device)
+                tau = torch.full((b,), t * k / control_steps * GENERATOR_TIMESTEP, device=x.device)
                 z = z + t / control_steps * unet(z, tau, encoder_hidden_states=c).sample
         return vae.decode(z / s).sample.clamp(-1, 1)
 

@@ -169,10 +169,9 @@ class Upscaler:
         return max(8, 2 * unet_alignment(self.model.generator.unet))
 
     @torch.no_grad()
-    def __call__(self, x_lr: Tensor, ts: Sequence[float]) -> list[Tensor]:
-        """x_LR (B, 3, h, w) in [0, 1], any h, w → one SR batch (B, 3, 4h, 4w) in [0, 1] (float32, on the device)
-        per t in ``ts``; z0 is computed once for all t."""
-        ts = check_t_values(self.model, ts)
+    def prepare(self, x_lr: Tensor) -> "UpscaleState":
+        """Everything about x_LR (B, 3, h, w) in [0, 1] that does not depend on t: the padded input, z0 = G_TS(x_LR)
+        and, when the model's velocity does not depend on t, v (one student pass). Then :meth:`render` any t."""
         x = x_lr.to(self.device, torch.float32)
         h, w = x.shape[-2:]
         m = self.pad_multiple
@@ -182,18 +181,49 @@ class Upscaler:
             x_pad = F.pad(x, pad, mode=mode)
         else:
             x_pad = x
-        gen, outs = self.model.generator, []
+        gen, velocity = self.model.generator, None
         with tiled_inference(gen, **self.tiling):
             with _running(gen, self.teacher_unet):
                 z0 = gen.latent(x_pad.to(self.dtype), sample=False)         # z0 = G_TS(x_LR), DESIGN §6
-            for t in ts:                                                     # z0 once for every t
-                with _running(gen, self.teacher_unet if self.student_unet is None else self.student_unet):
-                    z = self.model.controlled_latent(z0, t)                  # z(t) = z0 + t·ε_S(z0, τ(t))
-                outs.append((gen.decode(z) + 1) / 2)
+            if self.student_unet is not None and getattr(self.model, "constant_velocity", False):
+                with _running(gen, self.student_unet):
+                    velocity = self.model.control_velocity(z0)               # v: one pass for every t
         reference = None
         if self.color != "none":
             reference = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-        return [color_fix(o[..., : 4 * h, : 4 * w], reference, self.color) for o in outs]
+        return UpscaleState(z0=z0, velocity=velocity, reference=reference, size=(h, w))
+
+    @torch.no_grad()
+    def render(self, state: "UpscaleState", t: float) -> Tensor:
+        """SR (B, 3, 4h, 4w) in [0, 1] (float32, on the device) at one t from a :meth:`prepare` state: a decode
+        (plus the colour fix) when the velocity is known, else the control pass(es) and a decode."""
+        t = check_t_values(self.model, [t])[0]
+        gen = self.model.generator
+        with tiled_inference(gen, **self.tiling):
+            with _running(gen, self.teacher_unet if self.student_unet is None else self.student_unet):
+                z = self.model.controlled_latent(state.z0, t, state.velocity)   # z(t), DESIGN §6
+            out = (gen.decode(z) + 1) / 2
+        h, w = state.size
+        return color_fix(out[..., : 4 * h, : 4 * w], state.reference, self.color)
+
+    @torch.no_grad()
+    def __call__(self, x_lr: Tensor, ts: Sequence[float]) -> list[Tensor]:
+        """x_LR (B, 3, h, w) in [0, 1], any h, w → one SR batch (B, 3, 4h, 4w) in [0, 1] (float32, on the device)
+        per t in ``ts``; z0 (and the velocity, when it does not depend on t) computed once for all t."""
+        ts = check_t_values(self.model, ts)
+        state = self.prepare(x_lr)
+        return [self.render(state, t) for t in ts]
+
+
+@dataclass
+class UpscaleState:
+    """What :meth:`Upscaler.prepare` computed for one batch: z0, the velocity (None when it depends on t), the
+    colour reference (bicubic ×4 of the input, None without colour correction) and the unpadded LR size."""
+
+    z0: Tensor
+    velocity: Tensor | None
+    reference: Tensor | None
+    size: tuple[int, int]
 
 
 # -- the command line ----------------------------------------------------------------------------------------------
@@ -334,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=Path, help="an image file, or a folder (searched recursively)")
     p.add_argument("output", type=Path, help="output file (for one input file) or folder; never inside INPUT")
-    p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, or a stage-2 (or stage-1) .ckpt")
+    p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, a CTSR "
+                   "folder, or a Hugging Face Hub id owner/name[@revision]")
     p.add_argument("--t", type=float, nargs="+", default=[0.0], metavar="T",
                    help="control value(s) in [0, 1], default 0; several write <name>_t<T>.<ext> each")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")

@@ -7,14 +7,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ctsr.errors import check
 from ctsr.lit.common import LoRACheckpointMixin, adamw
-from ctsr.losses.stage2 import Path, TeacherInput, control_loss, control_targets, sample_t_pairs
+from ctsr.losses.stage2 import Objective, Path, TeacherInput, TSampler, stage2_terms
 from ctsr.models.control import ControllableSR, read_stage1_lora
 from ctsr.models.generator import OneStepGenerator
 from ctsr.models.teachers import AnchoredTeacher
 
 
 class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
-    """Trains ε_S so that z(t) = z0 + t·ε_S(z0, τ(t), c) follows the control path (eq. 8).
+    """Trains the student ε_S so that ``ControllableSR``'s z(t) follows the control path, evaluated where it is
+    trained (:mod:`ctsr.losses.stage2`): by default the endpoint objective ‖ε_S(z0, τ_c) − (z_f − z0)‖², so that
+    z(t) = z0 + t·ε_S(z0, τ_c) — t = 0 the stage-1 output (realness end), t = 1 the fidelity teacher's latent.
 
     Args:
         generator: the same generator config as stage 1 (base model, OSEDiff file, ranks, prompt).
@@ -22,10 +24,15 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
             None only for tests: T_S is then the generator as built.
         fidelity_teacher: the anchor z_f of the ``fidelity`` path (an ``AnchoredTeacher``).
         path: ``fidelity`` (default; straight to z_f), ``noise`` (eq. 5–6 literally) or ``denoise``.
-        teacher_input: ``z0`` (eq. 8) or ``path`` (Algorithm 2: the teacher sees z_t and z_t').
-        tau_max: τ(t) = t·tau_max.
+        objective: ``endpoint`` (default: the toy lab's choice, trained where evaluated, one velocity for all t on
+            the fidelity path) or ``eq8`` (the paper's loss, for reproduction; inference integrates with Euler steps).
+        teacher_input: eq8 only: ``z0`` (eq. 8) or ``path`` (Algorithm 2: the teacher sees z_t and z_t').
+        tau_max: τ(t) = t·tau_max (curved paths and eq8).
+        tau_c: the endpoint objective's fixed timestep on the fidelity path (the student is queried at (z0, τ_c)).
+        t_sampler: eq8 only: ``order`` (t, t' the order statistics of two uniforms, as the paper; t has density
+            2(1 − t)) or ``uniform`` (t ~ U(0, 1), t' ~ U(t, 1): t near 1 trained as often as near 0).
         control_rank: rank of the student's fresh LoRA.
-        control_steps: K of the inference integration (1: the paper's rule).
+        control_steps: eq8 only: K of the inference's Euler integration.
         lr, betas, weight_decay: AdamW on the control LoRA only.
         seed: seed of the t / noise draws (offset per rank).
     """
@@ -36,8 +43,11 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
         stage1_ckpt: str | None,
         fidelity_teacher: AnchoredTeacher | None = None,
         path: Path = "fidelity",
+        objective: Objective = "endpoint",
         teacher_input: TeacherInput = "z0",
         tau_max: float = 999.0,
+        tau_c: float = 0.0,
+        t_sampler: TSampler = "order",
         control_rank: int = 4,
         control_steps: int = 1,
         lr: float = 5e-5,
@@ -47,7 +57,13 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
     ) -> None:
         super().__init__()
         check(path in ("fidelity", "noise", "denoise"), "model.path", f"must be fidelity, noise or denoise, got {path!r}")
+        check(objective in ("endpoint", "eq8"), "model.objective", f"must be endpoint or eq8, got {objective!r}")
         check(teacher_input in ("z0", "path"), "model.teacher_input", f"must be z0 or path, got {teacher_input!r}")
+        check(objective == "eq8" or teacher_input == "z0", "model.teacher_input",
+              "'path' (Algorithm 2) is an option of objective eq8; the endpoint objective reads the teacher at z0")
+        check(t_sampler in ("order", "uniform"), "model.t_sampler", f"must be order or uniform, got {t_sampler!r}")
+        check(0 < tau_max <= 999, "model.tau_max", f"must lie in (0, 999], got {tau_max}")
+        check(0 <= tau_c <= 999, "model.tau_c", f"must lie in [0, 999], got {tau_c}")
         check(path != "fidelity" or fidelity_teacher is not None, "model.fidelity_teacher",
               "the fidelity path needs a fidelity teacher (an AnchoredTeacher)")
         check(lr > 0, "model.lr", f"must be > 0, got {lr}")
@@ -58,7 +74,8 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
         else:
             rank_zero_warn("stage1_ckpt is null: T_S is the generator as built (no stage-1 weights)")
         self.model = ControllableSR.from_stage1(
-            generator, stage1, control_rank=control_rank, tau_max=tau_max, control_steps=control_steps
+            generator, stage1, control_rank=control_rank, tau_max=tau_max, control_steps=control_steps,
+            objective=objective, path=path, tau_c=tau_c,
         )
         self.fidelity_teacher = fidelity_teacher
         if fidelity_teacher is not None:
@@ -70,18 +87,16 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
     def generator(self) -> OneStepGenerator:
         return self.model.generator
 
-    def stage2_terms(self, x_lr: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def stage2_terms(self, x_lr: torch.Tensor, generator: torch.Generator | None = None,
+                     record=None) -> dict[str, torch.Tensor]:
+        """The stage-2 loss of one batch (:func:`ctsr.losses.stage2.stage2_terms`, shared with the toy lab)."""
         h = self.hparams
-        z0 = self.model.z0(x_lr)                                        # G_TS(x_LR), no grad
-        t, t2 = sample_t_pairs(z0.shape[0], generator, z0.device)
         z_f = self.fidelity_teacher.condition(x_lr) if h.path == "fidelity" else None
-        p_t, p_t2, z_t = control_targets(
-            h.path, z0, t, t2, h.teacher_input, teacher_eps=self.model.teacher_eps, z_f=z_f,
-            tau_max=h.tau_max, schedule=self.generator.schedule,
+        return stage2_terms(
+            self.model, x_lr, generator, objective=h.objective, path=h.path, teacher_input=h.teacher_input,
+            tau_max=h.tau_max, tau_c=h.tau_c, t_sampler=h.t_sampler, z_f=z_f, schedule=self.generator.schedule,
+            record=record,
         )
-        eps_s = self.model.velocity(z_t, t * h.tau_max)                 # ε_S(z_t, τ(t), c)
-        loss = control_loss(p_t, p_t2, eps_s, t2 - t)
-        return {"loss": loss, "t_mean": t.mean(), "delta_mean": (t2 - t).mean()}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.stage2_terms(batch["lr"], self.noise_generator(batch["lr"].device, self.hparams.seed))
@@ -104,7 +119,7 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["ctsr_stage1_lora"] = self.model.stage1_lora
-        checkpoint["ctsr_control"] = {"tau_max": self.model.tau_max, "control_steps": self.model.control_steps}
+        checkpoint["ctsr_control"] = self.model.control_config
 
     def configure_optimizers(self):
         h = self.hparams

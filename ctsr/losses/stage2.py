@@ -1,8 +1,16 @@
-"""Stage-2 objective: controllability distillation (paper eq. 5–9, Algorithm 2; DESIGN §6).
+"""Stage-2 objectives: controllability distillation (paper eq. 5–9, Algorithm 2; DESIGN §6).
 
-A control path z(t) = z0 + P(t), P(0) = 0, defines the target; the student's ε_S learns its velocity:
-    L_ctrl = ‖P(t) − P(t') + Δ·ε_S(z_t, τ(t), c)‖²,   t < t' ~ U(0,1) per sample, Δ = t' − t     (eq. 8)
-so that ε_S(z_t, τ(t)) → (P(t') − P(t))/Δ.
+A control path z(t) = z0 + P(t), P(0) = 0, defines the target. Two objectives (``objective``) train the student
+ε_S; each is trained exactly where :class:`~ctsr.models.control.ControllableSR` evaluates it:
+
+``endpoint`` (default; chosen by the toy lab, ``results/toy/report.md``)
+    fidelity path:  L = ‖ε_S(z0, τ_c, c) − (z_f − z0)‖²     inference z(t) = z0 + t·v, v = ε_S(z0, τ_c): ONE
+                    velocity for every t (a sweep or a slider costs 2 UNet passes + one decode per t)
+    curved paths:   L = ‖t·ε_S(z0, τ(t), c) − P(t)‖²,  t ~ U(0, 1]   inference z(t) = z0 + t·ε_S(z0, τ(t))
+``eq8`` (the paper's, for reproduction)
+    L_ctrl = ‖P(t) − P(t') + Δ·ε_S(z_t, τ(t), c)‖²,   t < t' per sample, Δ = t' − t           (eq. 8)
+    so that ε_S(z_t, τ(t)) → (P(t') − P(t))/Δ, the velocity along the path at z_t; inference integrates it with
+    Euler steps at the same pairs: z_{k+1} = z_k + (t/K)·ε_S(z_k, τ(t_k)), t_k = k·t/K.
 
 Paths (``path``):
   fidelity  P(t) = t·(z_f − z0)                         straight to the fidelity teacher's latent (default)
@@ -15,7 +23,7 @@ These functions take callables, so the LightningModule and the toy lab (``ctsr.t
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +33,8 @@ from ctsr.diffusion.schedule import NoiseSchedule, tau_of_t
 
 Path = Literal["fidelity", "noise", "denoise"]
 TeacherInput = Literal["z0", "path"]
+Objective = Literal["endpoint", "eq8"]
+TSampler = Literal["order", "uniform"]
 EpsFn = Callable[[Tensor, Tensor], Tensor]  # (z, τ (B,)) → ε
 
 
@@ -32,12 +42,27 @@ def _bcast(t: Tensor, z: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (z.ndim - 1))).to(z.dtype)
 
 
+def sample_t(batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """t ~ U(0, 1] per sample (the endpoint objective of curved paths; t = 0 is P(0) = 0, nothing to learn)."""
+    return 1.0 - torch.rand(batch, generator=generator, device=device)
+
+
 def sample_t_pairs(
-    batch: int, generator: torch.Generator | None = None, device=None, min_gap: float = 1e-3
+    batch: int, generator: torch.Generator | None = None, device=None, min_gap: float = 1e-3,
+    sampler: TSampler = "order",
 ) -> tuple[Tensor, Tensor]:
-    """t < t' drawn uniformly in (0,1) per sample (the order statistics of two uniforms), Δ ≥ ``min_gap``."""
+    """t < t' per sample, Δ ≥ ``min_gap``.
+
+    ``order``: the order statistics of two uniforms (the paper's "t, t' uniformly sampled"): t has density 2(1 − t),
+    so the velocity near t = 1 is rarely trained. ``uniform``: t ~ U(0, 1), t' ~ U(t, 1): every t as often."""
     u = torch.rand(batch, 2, generator=generator, device=device)
-    t, t2 = u.min(dim=1).values, u.max(dim=1).values
+    if sampler == "order":
+        t, t2 = u.min(dim=1).values, u.max(dim=1).values
+    elif sampler == "uniform":
+        t = u[:, 0]
+        t2 = t + (1 - t) * u[:, 1]
+    else:
+        raise ValueError(f"unknown t_sampler {sampler!r} (order | uniform)")
     t2 = torch.maximum(t2, t + min_gap).clamp(max=1.0)
     t = torch.minimum(t, t2 - min_gap)
     return t, t2
@@ -91,3 +116,66 @@ def control_loss(p_t: Tensor, p_t2: Tensor, eps_s: Tensor, delta: Tensor) -> Ten
     """eq. 8: ‖P(t) − P(t') + Δ·ε_S‖², mean over elements."""
     residual = p_t.float() - p_t2.float() + _bcast(delta, eps_s).float() * eps_s.float()
     return F.mse_loss(residual, torch.zeros_like(residual))
+
+
+def endpoint_loss(eps_s: Tensor, target: Tensor, t: Tensor | None = None) -> Tensor:
+    """The endpoint objective, mean over elements: ‖ε_S − target‖² on the fidelity path (``t`` None, target
+    z_f − z0), ‖t·ε_S − P(t)‖² on a curved path (target P(t))."""
+    pred = eps_s.float() if t is None else _bcast(t, eps_s).float() * eps_s.float()
+    return F.mse_loss(pred, target.float())
+
+
+class ControlModel(Protocol):
+    """What :func:`stage2_terms` needs of a model (``ControllableSR`` and the toy lab's model both are one)."""
+
+    def z0(self, x_lr: Tensor) -> Tensor: ...
+    def teacher_eps(self, z: Tensor, tau: Tensor) -> Tensor: ...
+    def velocity(self, z: Tensor, tau: Tensor) -> Tensor: ...
+
+
+def stage2_terms(
+    model: ControlModel,
+    x_lr: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    objective: Objective = "endpoint",
+    path: Path = "fidelity",
+    teacher_input: TeacherInput = "z0",
+    tau_max: float = 999.0,
+    tau_c: float = 0.0,
+    t_sampler: TSampler = "order",
+    z_f: Tensor | None = None,
+    schedule: NoiseSchedule | None = None,
+    record: Callable[[Tensor, Tensor], None] | None = None,
+) -> dict[str, Tensor]:
+    """One stage-2 loss: ``{"loss", "t_mean", "delta_mean"}``. The one implementation of the objective, used by the
+    LightningModule and the toy lab. ``record(z, τ)`` (tests) sees every input pair the student is queried at."""
+    z0 = model.z0(x_lr)                                                   # G_TS(x_LR), no grad
+    b = z0.shape[0]
+    kw = dict(teacher_eps=model.teacher_eps, z_f=z_f, tau_max=tau_max, schedule=schedule)
+
+    def student(z: Tensor, tau: Tensor) -> Tensor:
+        if record is not None:
+            record(z, tau)
+        return model.velocity(z, tau)
+
+    if objective == "endpoint":
+        if path == "fidelity":
+            if z_f is None:
+                raise ValueError("the fidelity path needs z_f, the fidelity teacher's latent")
+            tau = torch.full((b,), float(tau_c), device=z0.device)
+            loss = endpoint_loss(student(z0, tau), (z_f - z0).detach())    # ‖ε_S(z0, τ_c) − (z_f − z0)‖²
+            one = torch.ones(b, device=z0.device)
+            return {"loss": loss, "t_mean": one.mean(), "delta_mean": one.mean()}
+        t = sample_t(b, generator, z0.device)
+        with torch.no_grad():
+            p_t = path_offset(path, z0, t, **kw)
+        loss = endpoint_loss(student(z0, tau_of_t(t, tau_max)), p_t, t)  # ‖t·ε_S(z0, τ(t)) − P(t)‖²
+        return {"loss": loss, "t_mean": t.mean(), "delta_mean": t.mean()}
+    if objective != "eq8":
+        raise ValueError(f"unknown stage-2 objective {objective!r} (endpoint | eq8)")
+    t, t2 = sample_t_pairs(b, generator, z0.device, sampler=t_sampler)
+    p_t, p_t2, z_t = control_targets(path, z0, t, t2, teacher_input, **kw)
+    eps_s = student(z_t, tau_of_t(t, tau_max))                            # ε_S(z_t, τ(t), c)
+    loss = control_loss(p_t, p_t2, eps_s, t2 - t)                         # eq. 8
+    return {"loss": loss, "t_mean": t.mean(), "delta_mean": (t2 - t).mean()}

@@ -1,20 +1,24 @@
 """The controllable CTSR model (DESIGN §6) and its export as stage-1 LoRA + stage-2 LoRA in safetensors.
 
 Structure: one UNet with the stage-1 LoRA merged in (T_S) and a fresh ``control`` adapter (the student S); the
-VAE encoder keeps its stage-1 adapter (frozen). Then, for x_LR and a control value t ∈ [0, 1] per sample:
+VAE encoder keeps its stage-1 adapter (frozen). For x_LR and a control value t ∈ [0, 1] per sample,
+z0 = G_TS(x_LR) (UNet with the control adapter off), x = D(z(t)/s), and z(t) is evaluated exactly where the
+stage-2 objective trained the student (:mod:`ctsr.losses.stage2`):
 
-    z0   = G_TS(x_LR)                          (UNet with the control adapter off)
-    z(t) = z0 + t·ε_S(z0, τ(t), c)             (control adapter on; τ(t) = t·tau_max)
-    x    = D(z(t)/s)
+    endpoint, fidelity path   z(t) = z0 + t·v,  v = ε_S(z0, τ_c)        one velocity for every t
+    endpoint, curved path     z(t) = z0 + t·ε_S(z0, τ(t))               one pass per t
+    eq8 (K steps, Euler)      z_{k+1} = z_k + (t/K)·ε_S(z_k, τ(t_k)),  t_k = k·t/K   (K = 1: τ(0), one velocity)
 
-t = 0 is the realness end (the stage-1 output, one UNet pass); t > 0 costs one more pass. ``control_steps = K``
-integrates the learned field instead: z_{k+1} = z_k + (t/K)·ε_S(z_k, τ(t_{k+1})), t_k = k·t/K.
+τ(t) = t·tau_max. t = 0 is the realness end (the stage-1 output, one UNet pass), t = 1 the fidelity end.
+Files written before the objective was recorded (format v1 without ``objective``) load as ``eq8`` with the rule
+they were exported with, ``tau_rule = "next"`` (z_{k+1} = z_k + (t/K)·ε_S(z_k, τ(t_{k+1}))), and reproduce their
+previous outputs.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,25 +74,49 @@ def load_into(module: nn.Module, weights: dict[str, Tensor], what: str) -> None:
             own[k].copy_(v)
 
 
+Objective = Literal["endpoint", "eq8"]
+ControlPath = Literal["fidelity", "noise", "denoise"]
+TauRule = Literal["euler", "next"]
+
+
 class ControllableSR(nn.Module):
     """The model users run. Build it from a stage-1 generator with :meth:`from_stage1`.
 
     Args:
         generator: a ``OneStepGenerator`` whose UNet holds T_S (stage-1 LoRA merged) and a ``control`` adapter.
         tau_max: τ(t) = t·tau_max.
-        control_steps: K of the K-step integration (1: the closed rule above).
+        control_steps: K of the eq8 objective's Euler integration (ignored by ``endpoint``).
+        objective: how the student was trained, hence how it is evaluated (module docstring).
+        path: the control path it was trained on (``endpoint`` evaluates the fidelity path with one velocity).
+        tau_c: the fixed timestep of the endpoint objective on the fidelity path.
+        tau_rule: eq8's timestep index, ``euler`` τ(t_k) (consistent with eq. 8) or ``next`` τ(t_{k+1}) (files
+            written before this option existed).
     """
 
     supports_control = True
 
-    def __init__(self, generator: OneStepGenerator, tau_max: float = GENERATOR_TIMESTEP, control_steps: int = 1):
+    def __init__(self, generator: OneStepGenerator, tau_max: float = GENERATOR_TIMESTEP, control_steps: int = 1,
+                 objective: Objective = "endpoint", path: ControlPath = "fidelity", tau_c: float = 0.0,
+                 tau_rule: TauRule = "euler"):
         super().__init__()
         check(0 < tau_max <= GENERATOR_TIMESTEP, "tau_max", f"must lie in (0, 999], got {tau_max}")
         check(control_steps >= 1, "control_steps", f"must be ≥ 1, got {control_steps}")
+        check(objective in ("endpoint", "eq8"), "objective", f"must be endpoint or eq8, got {objective!r}")
+        check(path in ("fidelity", "noise", "denoise"), "path", f"must be fidelity, noise or denoise, got {path!r}")
+        check(0 <= tau_c <= GENERATOR_TIMESTEP, "tau_c", f"must lie in [0, 999], got {tau_c}")
+        check(tau_rule in ("euler", "next"), "tau_rule", f"must be euler or next, got {tau_rule!r}")
         self.generator = generator
         self.tau_max = float(tau_max)
         self.control_steps = int(control_steps)
+        self.objective, self.path, self.tau_c, self.tau_rule = objective, path, float(tau_c), tau_rule
         self.stage1_lora: dict[str, Tensor] = {}  # kept (unmerged, small) for export
+        self.selected_t: float | None = None      # the t chosen on a validation split (`ctsr select-t`), if any
+
+    @property
+    def control_config(self) -> dict:
+        """What rebuilds the control rule (stored in checkpoints and exported files)."""
+        return {"tau_max": self.tau_max, "control_steps": self.control_steps, "objective": self.objective,
+                "path": self.path, "tau_c": self.tau_c, "tau_rule": self.tau_rule}
 
     @classmethod
     def from_stage1(
@@ -144,16 +172,48 @@ class ControllableSR(nn.Module):
             raise ValueError(f"t must lie in [0, 1] (0 = realness end, 1 = fidelity end), got {bad.tolist()}")
         return t
 
-    def controlled_latent(self, z0: Tensor, t) -> Tensor:
-        """z(t) from z0 (B,4,h,w); ``t`` a float or (B,) per sample."""
+    @property
+    def constant_velocity(self) -> bool:
+        """True when z(t) = z0 + t·v with one v for every t (endpoint on the fidelity path; eq8 with one Euler
+        step, which evaluates ε_S at τ(0) whatever t)."""
+        if self.objective == "endpoint":
+            return self.path == "fidelity"
+        return self.control_steps == 1 and self.tau_rule == "euler"
+
+    def velocity_tau(self, batch: int, device) -> Tensor:
+        """The timestep of the one velocity (``constant_velocity`` models): τ_c, or τ(0) = 0 for eq8 with K = 1."""
+        tau = self.tau_c if self.objective == "endpoint" else 0.0
+        return torch.full((batch,), tau, dtype=torch.float32, device=device)
+
+    def control_velocity(self, z0: Tensor) -> Tensor:
+        """v with z(t) = z0 + t·v for every t: one student pass (``constant_velocity`` models only)."""
+        if not self.constant_velocity:
+            raise ValueError(f"this model's velocity depends on t (objective {self.objective}, path {self.path}, "
+                             f"K = {self.control_steps}); use controlled_latent")
+        return self.velocity(z0, self.velocity_tau(z0.shape[0], z0.device))
+
+    @staticmethod
+    def move(z0: Tensor, v: Tensor, t: Tensor) -> Tensor:
+        """z0 + t·v, with t (B,)."""
+        return z0 + t.reshape(-1, *([1] * (z0.ndim - 1))).to(z0.dtype) * v
+
+    def controlled_latent(self, z0: Tensor, t, velocity: Tensor | None = None) -> Tensor:
+        """z(t) from z0 (B,4,h,w); ``t`` a float or (B,) per sample. ``velocity``: a ``control_velocity(z0)``
+        computed before (``constant_velocity`` models), so that a sweep over t costs no further UNet pass."""
         t = self._check_t(t, z0.shape[0], z0.device)
         if not bool((t > 0).any()):
             return z0                                         # t = 0: the stage-1 output, no extra pass
-        z, k_steps = z0, self.control_steps
+        if self.constant_velocity:
+            v = self.control_velocity(z0) if velocity is None else velocity
+            return torch.where(t.reshape(-1, 1, 1, 1) > 0, self.move(z0, v, t), z0)
+        if self.objective == "endpoint":                      # curved path: z0 + t·ε_S(z0, τ(t))
+            z = self.move(z0, self.velocity(z0, tau_of_t(t, self.tau_max)), t)
+            return torch.where(t.reshape(-1, 1, 1, 1) > 0, z, z0)
+        z, k_steps = z0, self.control_steps                   # eq8: Euler steps along the learned field
         for k in range(k_steps):
-            t_next = t * (k + 1) / k_steps
+            t_index = t * (k + 1 if self.tau_rule == "next" else k) / k_steps
             step = (t / k_steps).reshape(-1, 1, 1, 1).to(z.dtype)
-            z = z + step * self.velocity(z, tau_of_t(t_next, self.tau_max))
+            z = z + step * self.velocity(z, tau_of_t(t_index, self.tau_max))
         return torch.where(t.reshape(-1, 1, 1, 1) > 0, z, z0)
 
     def forward(self, x_lr: Tensor, t=0.0) -> Tensor:
@@ -163,9 +223,11 @@ class ControllableSR(nn.Module):
 
     @torch.no_grad()
     def sweep(self, x_lr: Tensor, ts: Sequence[float]) -> list[Tensor]:
-        """SR images for every t in ``ts``, computing z0 once."""
+        """SR images for every t in ``ts``: z0 once, and the velocity once when it does not depend on t (then a
+        sweep of any length costs two UNet passes and one decode per t)."""
         z0 = self.z0(x_lr)
-        return [(self.generator.decode(self.controlled_latent(z0, t)) + 1) / 2 for t in ts]
+        v = self.control_velocity(z0) if self.constant_velocity and any(float(t) > 0 for t in ts) else None
+        return [(self.generator.decode(self.controlled_latent(z0, t, v)) + 1) / 2 for t in ts]
 
     # -- export / import ------------------------------------------------------------------------------------------
     def control_lora(self) -> dict[str, Tensor]:
@@ -182,12 +244,23 @@ class ControllableSR(nn.Module):
         meta = {
             "format": FORMAT,
             "generator": json.dumps(self.generator.config),
-            "control": json.dumps({"rank": rank, "tau_max": self.tau_max, "control_steps": self.control_steps}),
+            "control": json.dumps({"rank": rank, **self.control_config}),
         }
+        if self.selected_t is not None:
+            meta["selected_t"] = json.dumps({"t": self.selected_t})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
         return path
+
+    @classmethod
+    def from_pretrained(cls, repo_or_path: str, revision: str | None = None, **load_kwargs) -> "ControllableSR":
+        """A CTSR model from the Hugging Face Hub (``owner/name``; its cache, ``HF_HUB_OFFLINE``, ``revision``) or
+        a local folder in the same layout (the exported safetensors, ``config.json``, a model card):
+        :func:`ctsr.models.hub.load_pretrained`."""
+        from ctsr.models.hub import load_pretrained
+
+        return load_pretrained(repo_or_path, revision=revision, **load_kwargs)
 
     @classmethod
     def load(cls, path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
@@ -211,8 +284,22 @@ class ControllableSR(nn.Module):
             gcfg["osediff_lora"] = osediff_lora or None
         generator = OneStepGenerator(**gcfg)
         stage1 = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
-        model = cls.from_stage1(generator, stage1, control_rank=ccfg["rank"], tau_max=ccfg["tau_max"],
-                                control_steps=control_steps or ccfg["control_steps"])
+        model = cls.from_stage1(generator, stage1, control_rank=ccfg.pop("rank"),
+                                **control_kwargs(ccfg, control_steps))
         control = {k[len("stage2.unet."):]: v for k, v in tensors.items() if k.startswith("stage2.unet.")}
         load_into(generator.unet, control, "stage-2 LoRA")
+        if meta.get("selected_t"):
+            model.selected_t = float(json.loads(meta["selected_t"])["t"])
         return model.eval()
+
+
+def control_kwargs(stored: dict, control_steps: int | None = None) -> dict:
+    """The ``ControllableSR`` keyword arguments of a stored control config (a checkpoint's ``ctsr_control`` or an
+    exported file's ``control`` metadata). Written before the objective was recorded: eq8 with the τ(t_{k+1})
+    index rule it was evaluated with then, so old files reproduce their outputs."""
+    kw = {k: stored[k] for k in ("tau_max", "control_steps", "objective", "path", "tau_c", "tau_rule") if k in stored}
+    if "objective" not in stored:
+        kw.update(objective="eq8", tau_rule="next")
+    if control_steps:
+        kw["control_steps"] = control_steps
+    return kw

@@ -12,14 +12,9 @@ import argparse
 import os
 from pathlib import Path
 
-from ctsr.checkpoints import (
-    json_meta,
-    load_checkpoint,
-    read_safetensors,
-    require_finite,
-)
+from ctsr.checkpoints import json_meta, load_checkpoint, read_safetensors, require_finite
 from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe
-from ctsr.models.control import FORMAT, ControllableSR, load_into
+from ctsr.models.control import FORMAT, ControllableSR, control_kwargs, load_into
 from ctsr.models.generator import OneStepGenerator
 
 
@@ -28,7 +23,7 @@ class Stage1Only(ControllableSR):
 
     supports_control = False
 
-    def controlled_latent(self, z0, t):
+    def controlled_latent(self, z0, t, velocity=None):
         t = self._check_t(t, z0.shape[0], z0.device)
         if bool((t > 0).any()):
             raise ValueError("this is a stage-1 model: only t = 0 is defined (train stage 2 for control)")
@@ -47,11 +42,17 @@ def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> O
 
 
 def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None) -> ControllableSR:
-    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU)."""
+    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a CTSR folder or a
+    Hub id ``owner/name[@revision]`` (:func:`ctsr.models.hub.load_pretrained`)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit` or a .safetensors "
-                                  f"from `ctsr export`)")
+        from ctsr.models.hub import load_pretrained, parse_hub_id
+
+        if path.is_dir() or parse_hub_id(str(path)):
+            return load_pretrained(path if path.is_dir() else str(path), pretrained=pretrained,
+                                   osediff_lora=osediff_lora)
+        raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit`, a .safetensors "
+                                  f"from `ctsr export`, a CTSR folder or a Hub id owner/name)")
     if path.suffix == ".safetensors":
         check_model_file(path)
         try:
@@ -98,7 +99,8 @@ def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lor
         weights = {k[len("model.generator.unet."):]: v for k, v in state.items()
                    if k.startswith("model.generator.unet.")}
         rank = next((v.shape[0] for k, v in weights.items() if "lora_A" in k), 4)
-        model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank, **control)
+        model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank,
+                                           **control_kwargs(control))
         load_into(generator.unet, weights, name)
         return model.eval()
     stage1 = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}

@@ -110,16 +110,32 @@ class Bicubic(nn.Module):
 
 
 def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module | Callable:
-    """An image-to-image SR model: ``bicubic``, a spandrel checkpoint path, or a module/callable as is."""
+    """An image-to-image SR model from ``spec``, or a module/callable as is. Strings:
+
+    * ``bicubic``;
+    * ``resshift`` / ``sinsr``: ResShift v3 (4 steps) / SinSR v1 (1 step) from ``weights/`` (their release files
+      ``resshift_realsrx4_s4_v3.pth`` / ``SinSR_v1.pth`` and ``autoencoder_vq_f4.pth``);
+      ``resshift:NET[,AUTOENCODER]`` / ``sinsr:NET[,AUTOENCODER]`` from other paths (the autoencoder defaults to
+      ``autoencoder_vq_f4.pth`` beside NET) — ``ctsr.models.resshift``, docs/teachers.md;
+    * any other string: a checkpoint spandrel loads (Real-ESRGAN, SwinIR, HAT, …).
+    """
     if not isinstance(spec, str):
         return spec
     if spec == "bicubic":
         return Bicubic(scale)
+    from ctsr.models import resshift
+
+    parsed = resshift.parse_spec(spec)
+    if parsed is not None:
+        if scale != 4:
+            raise ConfigError(f"sr_model: '{spec}' upscales ×4, CTSR needs ×{scale}")
+        return resshift.load_pretrained(*parsed)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise MissingWeightsError(
             f"fidelity teacher checkpoint '{spec}' not found. Put the SR model's weights (.pth/.safetensors, any "
-            f"architecture spandrel knows: Real-ESRGAN, SwinIR, HAT, …) at that path, or use `sr_model: bicubic`."
+            f"architecture spandrel knows: Real-ESRGAN, SwinIR, HAT, …) at that path, or use `sr_model: resshift`, "
+            f"`sinsr` or `bicubic`."
         )
     import spandrel
 
@@ -144,8 +160,9 @@ class AnchoredTeacher(Teacher):
     a teacher living in another space (ResShift's VQGAN f4) enters the SD latent space.
 
     Args:
-        sr_model: ``bicubic``, a spandrel checkpoint path, or an ``nn.Module``/callable (B,3,h,w) → (B,3,4h,4w),
-            images in [0,1].
+        sr_model: ``bicubic``, ``resshift`` / ``sinsr`` (the paper's teachers, ``[:NET[,AUTOENCODER]]``), a spandrel
+            checkpoint path, or an ``nn.Module``/callable (B,3,h,w) → (B,3,4h,4w), images in [0,1] (see
+            :func:`load_sr_model`).
         scale: the SR factor (4).
     """
 

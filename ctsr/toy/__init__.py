@@ -1,6 +1,6 @@
 """Mechanism lab: a toy world where CTSR's claims are measured on the CPU in a few minutes (issue 8).
 
-    python -m ctsr.toy.lab --out results/toy        # report.md, results.json and PNG figures
+    python -m ctsr.toy.lab --out results/toy        # report.md, summary.json, results.json and PNG figures
 
 - :mod:`ctsr.toy.world` — ``MixtureWorld``: a Gaussian mixture in R^d, y = A·z + noise, and the exact answers
   (noised-mixture ε, posterior weights / mean / samples, log-density); metrics ``mse``, ``energy_distance``.
@@ -8,7 +8,8 @@
   student protocol of ``DualTeacherLoss``), ``FrozenEpsTeacher`` / ``ExactEpsTeacher`` (T_r), ``PosteriorMeanSR``
   (the model ``AnchoredTeacher`` wraps as T_f), ``ToyControllableSR`` (the project's ``ControllableSR``).
 - :mod:`ctsr.toy.train` — ``pretrain``, ``stage1`` (the project's ``DualTeacherLoss``), ``stage2`` /
-  ``stage2_terms`` (the project's stage-2 functions, as ``ControllabilityDistillation`` calls them), ``EvalSet``.
+  ``toy_stage2_terms`` (the project's ``ctsr.losses.stage2.stage2_terms``, called as ``ControllabilityDistillation``
+  calls it), ``stage1_conditional`` and ``train_delta_knob`` (beyond the chord, issue 12), ``EvalSet``.
 - :mod:`ctsr.toy.lab` — ``run_lab(out, LabConfig())``: every experiment, the figures (:mod:`ctsr.toy.figures`)
   and the report (:mod:`ctsr.toy.report`).
 

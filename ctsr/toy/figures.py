@@ -29,8 +29,8 @@ def fig_world(res: dict, path: Path) -> None:
     p = res["_points"]
     panels = [("data p(z)", "data"), ("fidelity teacher E[z|y]", "x_f"), ("realness model: posterior samples", "x_r"),
               ("student, pre-trained", "init"), ("student after stage 1 (defaults)", "stage1"),
-              ("stage 2, fidelity path, t = 1, project rule K = 1\n(T_S = the pre-trained student)",
-               "stage2_fidelity_t1_K1")]
+              ("stage 2, fidelity path, t = 1, default (endpoint objective)\n(T_S = the pre-trained student)",
+               "stage2_fidelity_t1")]
     fig, axes = plt.subplots(2, 3, figsize=(13, 8.6), sharex=True, sharey=True)
     for ax, (title, key) in zip(axes.flat, panels):
         ax.scatter(p["data"][:, 0], p["data"][:, 1], s=3, c="0.82", label="data")
@@ -148,44 +148,74 @@ def fig_grid(results: list[dict], path: Path) -> None:
 
 
 def fig_stage2(res: dict, src: str, path: Path, big_k: int) -> None:
+    """One row per control path: MSE, d_f (the distance to the fidelity end) and the path error over t for every
+    variant (objective × τ rule × K), the path itself dotted; the last column the (MSE, ED) plane."""
     plt = _plt()
-    paths = [p for p in PATH_NAMES if p in res["stage2"][src]]
-    fig, axes = plt.subplots(len(paths), 4, figsize=(17, 3.7 * len(paths) + 0.6), squeeze=False)
-    styles = {"K=1": ("C0", "-", "o", "project rule, K = 1"),
-              f"K={big_k}": ("C1", "--", "s", f"project rule, K = {big_k} steps"),
-              "path": ("k", ":", "^", "the path z0 + P(t) itself"),
-              "τ(0) rule": ("C4", "-.", "d", "z0 + t·ε_S(z0, τ(0)): diagnostic, not a project rule")}
+    st = res["stage2"][src]
+    variants, paths_ = st["variants"], st["paths"]
+    names = [p for p in PATH_NAMES if any(k.startswith(p + "/") for k in variants)]
+    fig, axes = plt.subplots(len(names), 4, figsize=(18, 3.9 * len(names) + 0.6), squeeze=False)
     ends = res["ends"]
-    for r, p in enumerate(paths):
-        curves = res["stage2"][src][p]["curves"]
-        for c, (key, ylabel) in enumerate((("mse", "MSE to ground truth"), ("ed", "energy distance to the data"),
-                                           ("d_f", "MSE to E[z|y] (the fidelity end)"))):
+    for r, p in enumerate(names):
+        mine = [k for k in variants if k.startswith(p + "/")]
+        for c, (key, ylabel) in enumerate((("mse", "MSE to ground truth"), ("d_f", "d_f: MSE to E[z|y] (fidelity end)"),
+                                           ("path_error", "‖z(t) − path(t)‖²/d (own path)"))):
             ax = axes[r, c]
-            for name, rows in curves.items():
-                col, ls, mk, lab = styles[name]
-                ax.plot([q["t"] for q in rows], [q[key] for q in rows], ls=ls, marker=mk, c=col, ms=4, label=lab)
-            if key in ("mse", "ed"):
-                ax.axhline(ends["x_f"][key], c="C3", lw=0.8, label="E[z|y]")
-                ax.axhline(ends["x_r"][key], c="C2", lw=0.8, label="exact posterior sample")
+            for i, name in enumerate(mine):
+                rows = variants[name]["curve"]
+                default = name == "fidelity/endpoint"
+                ax.plot([q["t"] for q in rows], [q[key] for q in rows], marker="o", ms=3 + 2 * default,
+                        lw=2.5 if default else 1, c=f"C{i % 10}", label=name.split("/", 1)[1] + (" (default)" if default else ""))
+            if key != "path_error":
+                for pk, pv in paths_.items():
+                    if pk.split("/")[0] == p:
+                        rows = pv["curve"]
+                        ax.plot([q["t"] for q in rows], [q[key] for q in rows], ":", c="k", lw=1,
+                                label=f"path itself ({pk})" if c == 0 else None)
+            if key == "mse":
+                ax.axhline(ends["x_f"]["mse"], c="C3", lw=0.6)
             ax.set_xlabel("control t (0 = realness end, 1 = fidelity end)")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"path '{p}': {ylabel}", fontsize=10)
+            ax.set_title(f"path '{p}': {ylabel}", fontsize=9)
             ax.grid(alpha=0.3)
+        axes[r, 0].legend(fontsize=6.5)
         ax = axes[r, 3]
         _mix(ax, res, "ed", labels=False, short=True)
-        for name, rows in curves.items():
-            col, ls, mk, lab = styles[name]
-            ax.plot([q["mse"] for q in rows], [q["ed"] for q in rows], ls=ls, marker=mk, c=col, ms=4, label=lab)
-            ax.annotate("t=1", (rows[-1]["mse"], rows[-1]["ed"]), fontsize=7, color=col)
+        for i, name in enumerate(mine):
+            rows = variants[name]["curve"]
+            ax.plot([q["mse"] for q in rows], [q["ed"] for q in rows], marker="o", ms=3, c=f"C{i % 10}", lw=1)
+            ax.annotate("t=1", (rows[-1]["mse"], rows[-1]["ed"]), fontsize=6, color=f"C{i % 10}")
         ax.set_xlabel("MSE to ground truth")
         ax.set_ylabel("energy distance to the data")
-        ax.set_title(f"path '{p}': the plane, t = 0 … 1", fontsize=10)
+        ax.set_title(f"path '{p}': the plane, t = 0 … 1", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
-    handles, labels = axes[0, 3].get_legend_handles_labels()
-    axes[0, 3].legend(handles[:2], labels[:2], fontsize=7, loc="upper right")   # the rules are in the first panel
+        ax.legend(fontsize=6.5, loc="upper right")
     origin = "the stage-1 student (defaults)" if src == "stage1" else "the pre-trained student (stage 1 skipped)"
-    fig.suptitle(f"d = {res['dim']}: stage 2, T_S = {origin}")
+    fig.suptitle(f"d = {res['dim']}: stage 2, T_S = {origin} — every objective and inference rule")
+    fig.tight_layout()
+    fig.savefig(path, dpi=85)
+    plt.close(fig)
+
+
+def fig_chord(results: list[dict], path: Path) -> None:
+    """Per d: each control family over t on the (MSE, ED) plane against the chord of its own ends and the exact mix."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5), squeeze=False)
+    colors = {"loss-conditional": "C0", "lora-knob": "C1", "fidelity/endpoint": "C2"}
+    for ax, res in zip(axes[0], results):
+        ax.plot([r["mse"] for r in res["mix"]], [r["ed"] for r in res["mix"]], "-", c="0.6", lw=1,
+                label="exact mix α·E[z|y] + (1−α)·posterior sample")
+        for name, ch in res["chord"].items():
+            rows = ch["curve"]
+            c = colors.get(name, "C3")
+            ax.plot([r["mse"] for r in rows], [r["ed"] for r in rows], "-o", ms=3.5, c=c,
+                    label=f"{name} over t ({ch['verdict']}; best ΔED {ch['best_d_ed']:+.4f})")
+        ax.set_xlabel("MSE to ground truth (lower = more faithful)")
+        ax.set_ylabel("energy distance to the data (lower = more real)")
+        ax.set_title(f"d = {res['dim']}: control families over t = 0 … 1 (one pass per t)\n"
+                     "green, the stage-2 default z0 + t·v, is its own chord (the latent blend of its ends)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

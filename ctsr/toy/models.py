@@ -12,8 +12,11 @@ z = 2x − 1 and back, so ``reconstruction_terms`` (L2 taken on 2x − 1) is exa
   train (no LoRA). The student protocol of ``DualTeacherLoss``: forward, encode_base, eps, context.
 - :class:`FrozenEpsTeacher` (T_r = a frozen copy of the pre-trained student, as DESIGN §5), :class:`ExactEpsTeacher`
   (the exact mixture ε), :class:`PosteriorMeanSR` (the "SR model" E[z|y] that ``AnchoredTeacher`` wraps as T_f).
-- :class:`ToyControllableSR` — the project's ``ControllableSR`` (its inference rule z(t) = z0 + t·ε_S(z0, τ(t)),
-  K-step variant included) with T_S a frozen copy instead of a UNet with its adapter toggled off.
+- :class:`ToyControllableSR` — the project's ``ControllableSR`` (its inference rules for every objective, path and
+  τ rule) with T_S a frozen copy instead of a UNet with its adapter toggled off.
+- "Beyond the chord" (issue 12): :func:`conditional_generator` (a generator that also takes a control t, for
+  loss-conditional training) and :func:`add_scaled_delta` / :func:`set_delta_scale` (the LoRA-scale knob: the
+  stage-1 weights plus t times a low-rank delta).
 """
 from __future__ import annotations
 
@@ -43,11 +46,13 @@ class ToyUNet(nn.Module):
         sigma_data: σ_data of the EDM preconditioning (≈ the data's per-coordinate std).
     """
 
-    def __init__(self, dim: int, width: int = 128, depth: int = 3, emb_dim: int = 32, sigma_data: float = 0.5):
+    def __init__(self, dim: int, width: int = 128, depth: int = 3, emb_dim: int = 32, sigma_data: float = 0.5,
+                 control_dim: int = 0):
         super().__init__()
-        self.dim, self.emb_dim, self.sigma_data = dim, emb_dim, sigma_data
+        self.dim, self.emb_dim, self.sigma_data, self.control_dim = dim, emb_dim, sigma_data, control_dim
+        self.control_t: Tensor | None = None     # (B,) or scalar: the control value of a conditional network
         layers: list[nn.Module] = []
-        n_in = dim + emb_dim
+        n_in = dim + emb_dim + control_dim
         for _ in range(depth):
             layers += [nn.Linear(n_in, width), nn.SiLU()]
             n_in = width
@@ -61,6 +66,15 @@ class ToyUNet(nn.Module):
         arg = tau[:, None] * self.freqs[None]
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
+    def embed_control(self, batch: int, device) -> Tensor:
+        """The control t's features (t, sin/cos of π·t·k, k = 1 … (control_dim−1)/2), (B, control_dim)."""
+        if self.control_t is None:
+            raise ValueError("a conditional ToyUNet needs its control t (set_control)")
+        t = _tau_vector(self.control_t, batch, device)[:, None]
+        k = torch.arange(1, (self.control_dim - 1) // 2 + 1, device=device, dtype=t.dtype)[None]
+        feats = [t, torch.sin(math.pi * t * k), torch.cos(math.pi * t * k)]
+        return torch.cat(feats, dim=1)[:, : self.control_dim]
+
     def forward(self, z_t: Tensor, tau: Tensor | float) -> Tensor:
         shape, b = z_t.shape, z_t.shape[0]
         z = z_t.reshape(b, -1)
@@ -71,7 +85,10 @@ class ToyUNet(nn.Module):
         sd2 = self.sigma_data**2
         c_in, c_skip = (sigma2 + sd2).rsqrt(), sd2 / (sigma2 + sd2)
         c_out = sigma2.sqrt() * self.sigma_data * (sigma2 + sd2).rsqrt()
-        d = c_skip * x + c_out * self.net(torch.cat([c_in * x, self.embed(tau)], dim=1))
+        inputs = [c_in * x, self.embed(tau)]
+        if self.control_dim:
+            inputs.append(self.embed_control(b, z.device))
+        d = c_skip * x + c_out * self.net(torch.cat(inputs, dim=1))
         return self.schedule.eps_from_x0(z, d, tau).reshape(shape)
 
 
@@ -194,8 +211,10 @@ class ToyControllableSR(ControllableSR):
     ``forward``) is ControllableSR's own code."""
 
     def __init__(self, student: ToyGenerator, teacher: ToyGenerator, tau_max: float = GENERATOR_TIMESTEP,
-                 control_steps: int = 1) -> None:
-        super().__init__(student, tau_max=tau_max, control_steps=control_steps)
+                 control_steps: int = 1, objective: str = "endpoint", path: str = "fidelity", tau_c: float = 0.0,
+                 tau_rule: str = "euler") -> None:
+        super().__init__(student, tau_max=tau_max, control_steps=control_steps, objective=objective, path=path,
+                         tau_c=tau_c, tau_rule=tau_rule)
         self.teacher = teacher.requires_grad_(False).eval()
 
     def teacher_eps(self, z: Tensor, tau: Tensor) -> Tensor:
@@ -207,3 +226,64 @@ class ToyControllableSR(ControllableSR):
     def z0(self, x_lr: Tensor, noise: Tensor | None = None) -> Tensor:
         """G_TS(x_LR): the stage-1 output latent (B, d, 1, 1); its latent noise from T_S's ``rng`` unless given."""
         return self.teacher.latent(x_lr, noise)
+
+
+# -- beyond the chord (issue 12) ---------------------------------------------------------------------------------
+def conditional_generator(init: ToyGenerator, control_dim: int = 5) -> ToyGenerator:
+    """A copy of ``init`` whose network also takes a control t (``set_control``): the first layer gains
+    ``control_dim`` inputs with zero weights, so at initialisation it is ``init`` for every t."""
+    gen = copy.deepcopy(init)
+    old = gen.unet
+    new = ToyUNet(old.dim, old.net[0].out_features, (len(old.net) - 1) // 2, old.emb_dim, old.sigma_data, control_dim)
+    with torch.no_grad():
+        for (name, p_new), p_old in zip(new.net.named_parameters(), old.net.parameters()):
+            if name == "0.weight":
+                p_new.zero_()
+                p_new[:, : p_old.shape[1]].copy_(p_old)
+            else:
+                p_new.copy_(p_old)
+    gen.unet = new.to(old.freqs.device)
+    return gen
+
+
+def set_control(generator: ToyGenerator, t: Tensor | float | None) -> None:
+    """The control value a conditional generator sees in every call until the next ``set_control``."""
+    generator.unet.control_t = None if t is None else torch.as_tensor(t, dtype=torch.float32)
+
+
+class ScaledDeltaLinear(nn.Module):
+    """A frozen linear layer plus ``scale`` times a trainable low-rank delta B·A (and a bias delta): the LoRA-scale
+    knob of PiSA-SR's kind. B starts at zero, so the layer is the frozen one at any scale until trained."""
+
+    def __init__(self, base: nn.Linear, rank: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.A = nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / rank)
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.bias = nn.Parameter(torch.zeros(base.out_features))
+        self.scale = 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.scale * (x @ self.A.T @ self.B.T + self.bias)
+
+
+def add_scaled_delta(generator: ToyGenerator, rank: int = 4, seed: int = 0) -> ToyGenerator:
+    """A copy of ``generator`` (frozen) with a ``ScaledDeltaLinear`` on every linear layer of its network; only the
+    deltas train. ``set_delta_scale(g, t)`` then gives the weights W + t·ΔW."""
+    gen = copy.deepcopy(generator).requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    for i, layer in enumerate(gen.unet.net):
+        if isinstance(layer, nn.Linear):
+            gen.unet.net[i] = ScaledDeltaLinear(layer, rank, g)
+    return gen
+
+
+def set_delta_scale(generator: ToyGenerator, t: float) -> None:
+    for layer in generator.unet.net:
+        if isinstance(layer, ScaledDeltaLinear):
+            layer.scale = float(t)
+
+
+def delta_parameters(generator: ToyGenerator) -> list[nn.Parameter]:
+    return [p for layer in generator.unet.net if isinstance(layer, ScaledDeltaLinear)
+            for p in (layer.A, layer.B, layer.bias)]

@@ -1,10 +1,13 @@
 """Training and evaluation in the toy world: pre-training (imitate the realness model), stage 1, stage 2.
 
 Stage 1 calls the project's ``DualTeacherLoss`` exactly as ``DualTeacherDistillation.training_step`` does, with
-AdamW and gradient-norm clipping 1.0 (DESIGN §5). Stage 2 runs :func:`stage2_terms`, which is
-``ControllabilityDistillation.stage2_terms`` line for line (``sample_t_pairs``, ``control_targets``,
-``control_loss``; a test checks that both give the same loss). Every batch is fresh from the world (full batches
-of a few hundred points), and every random draw comes from a seeded ``torch.Generator``.
+AdamW and gradient-norm clipping 1.0 (DESIGN §5). Stage 2 calls the project's
+:func:`ctsr.losses.stage2.stage2_terms` — the very function ``ControllabilityDistillation.stage2_terms`` calls,
+with the same arguments (:func:`toy_stage2_terms` only supplies z_f and the schedule, as the LightningModule does;
+a test checks both give the same loss). "Beyond the chord" (issue 12): :func:`stage1_conditional` (one generator
+for a family of stage-1 weightings, t per group of samples) and :func:`train_delta_knob` (the LoRA-scale knob).
+Every batch is fresh from the world (full batches of a few hundred points), and every random draw comes from a
+seeded ``torch.Generator``.
 """
 from __future__ import annotations
 
@@ -14,10 +17,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from typing import Callable
+
+from ctsr.losses import stage2 as stage2_losses
 from ctsr.losses.stage1 import DualTeacherLoss, Stage1Weights
-from ctsr.losses.stage2 import Path, TeacherInput, control_loss, control_targets, sample_t_pairs
+from ctsr.losses.stage2 import Objective, Path, TeacherInput, TSampler
 from ctsr.models.teachers import AnchoredTeacher, Teacher
-from ctsr.toy.models import ExactEpsTeacher, FrozenEpsTeacher, PosteriorMeanSR, ToyControllableSR, ToyGenerator
+from ctsr.toy.models import (ExactEpsTeacher, FrozenEpsTeacher, PosteriorMeanSR, ToyControllableSR, ToyGenerator,
+                             add_scaled_delta, conditional_generator, delta_parameters, set_control,
+                             set_delta_scale)
 from ctsr.toy.world import MixtureWorld, energy_distance, mse, to_image, to_points, within_distance
 
 
@@ -199,48 +207,54 @@ def stage1(
 
 
 # -- stage 2 -------------------------------------------------------------------------------------------------------
-def stage2_terms(
-    model: ToyControllableSR, fidelity: AnchoredTeacher | None, path: Path, teacher_input: TeacherInput,
-    tau_max: float, x_lr: Tensor, generator: torch.Generator | None = None,
+def toy_stage2_terms(
+    model: ToyControllableSR, fidelity: AnchoredTeacher | None, x_lr: Tensor, generator: torch.Generator | None = None,
+    *, objective: Objective = "endpoint", path: Path = "fidelity", teacher_input: TeacherInput = "z0",
+    tau_max: float = 999.0, tau_c: float = 0.0, t_sampler: TSampler = "order",
+    record: Callable[[Tensor, Tensor], None] | None = None,
 ) -> dict[str, Tensor]:
-    """``ControllabilityDistillation.stage2_terms`` for the toy model, the same calls in the same order."""
-    z0 = model.z0(x_lr)                                                  # G_TS(x_LR), no grad
-    t, t2 = sample_t_pairs(z0.shape[0], generator, z0.device)
+    """What ``ControllabilityDistillation.stage2_terms`` does, for the toy model: z_f from the fidelity teacher
+    (fidelity path only), then the project's :func:`ctsr.losses.stage2.stage2_terms`."""
     z_f = fidelity.condition(x_lr) if path == "fidelity" else None
-    p_t, p_t2, z_t = control_targets(
-        path, z0, t, t2, teacher_input, teacher_eps=model.teacher_eps, z_f=z_f,
-        tau_max=tau_max, schedule=model.generator.schedule,
+    return stage2_losses.stage2_terms(
+        model, x_lr, generator, objective=objective, path=path, teacher_input=teacher_input, tau_max=tau_max,
+        tau_c=tau_c, t_sampler=t_sampler, z_f=z_f, schedule=model.generator.schedule, record=record,
     )
-    eps_s = model.velocity(z_t, t * tau_max)                             # ε_S(z_t, τ(t), c)
-    loss = control_loss(p_t, p_t2, eps_s, t2 - t)
-    return {"loss": loss, "t_mean": t.mean(), "delta_mean": (t2 - t).mean()}
 
 
 def stage2(
     t_s: ToyGenerator,
     world: MixtureWorld,
     path: Path = "fidelity",
+    objective: Objective = "endpoint",
     teacher_input: TeacherInput = "z0",
     tau_max: float = 999.0,
+    tau_c: float = 0.0,
+    t_sampler: TSampler = "order",
     steps: int = 600,
     batch: int = 512,
     lr: float = 1e-3,
     seed: int = 0,
+    record: Callable[[Tensor, Tensor], None] | None = None,
 ) -> tuple[ToyControllableSR, float]:
     """Controllability distillation from the frozen stage-1 generator ``t_s``: the student S is a copy of T_S, all
-    its weights train (AdamW, clip 1.0, cosine decay of ``lr``). Returns the controllable model and the last loss."""
+    its weights train (AdamW, clip 1.0, cosine decay of ``lr``). Returns the controllable model (evaluated as it
+    was trained: ``ControllableSR`` with the same objective, path, τ_max, τ_c; eq8 with the Euler index) and the
+    last loss."""
     teacher = copy.deepcopy(t_s).eval()
     teacher.rng.manual_seed(seed + 202)
     student = copy.deepcopy(t_s).train().requires_grad_(True)
-    model = ToyControllableSR(student, teacher, tau_max=tau_max)
+    model = ToyControllableSR(student, teacher, tau_max=tau_max, objective=objective, path=path, tau_c=tau_c)
     fidelity = fidelity_teacher(world, student) if path == "fidelity" else None
     opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     g = torch.Generator().manual_seed(seed)
     loss = float("nan")
     for _ in range(steps):
         b = draw_batch(world, batch, g)
-        out = stage2_terms(model, fidelity, path, teacher_input, tau_max, b.x_lr, g)
+        out = toy_stage2_terms(model, fidelity, b.x_lr, g, objective=objective, path=path,
+                               teacher_input=teacher_input, tau_max=tau_max, tau_c=tau_c, t_sampler=t_sampler,
+                               record=record)
         opt.zero_grad()
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -248,3 +262,76 @@ def stage2(
         sched.step()
         loss = float(out["loss"].detach())
     return model.eval(), loss
+
+
+# -- beyond the chord (issue 12) -------------------------------------------------------------------------------------
+def family_weights(t: float, lambda_fl: float = 2.0, lambda_rn: float = 2.0, gamma_time: float = 5.5) -> Stage1Weights:
+    """The loss-conditional family: L_rec + λ_fl(t)·L_fl + λ_rn(t)·L_rn with λ_fl(t) = λ_fl·t (the fidelity end at
+    t = 1) and λ_rn(t) = λ_rn·(1 − t) (the realness end at t = 0); no LPIPS in the toy."""
+    return Stage1Weights(lambda_l2=1.0, lambda_lp=0.0, lambda_fl=lambda_fl * t, lambda_rn=lambda_rn * (1 - t),
+                         gamma_time=gamma_time)
+
+
+def stage1_conditional(
+    init: ToyGenerator, world: MixtureWorld, steps: int = 300, batch: int = 512, lr: float = 1e-3, groups: int = 8,
+    seed: int = 0, weights: Callable[[float], Stage1Weights] = family_weights,
+) -> ToyGenerator:
+    """Loss-conditional stage 1: one generator that takes t (``conditional_generator``) trained on
+    ``weights(t)`` with t ~ U[0, 1] drawn per group of batch/``groups`` samples (the project's ``DualTeacherLoss``
+    reduces over the batch, so one call per group); T_r a frozen copy of ``init``; AdamW, clip 1.0, cosine."""
+    student = conditional_generator(init).train()
+    student.rng.manual_seed(seed + 101)
+    t_r = FrozenEpsTeacher(init.unet).requires_grad_(False)
+    t_r.bind(student)
+    teachers = {"fl": fidelity_teacher(world, student), "rn": t_r}
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    g = torch.Generator().manual_seed(seed)
+    size = max(batch // groups, 1)
+    for _ in range(steps):
+        b = draw_batch(world, size * groups, g)
+        ts = torch.rand(groups, generator=g)
+        total = 0.0
+        for k in range(groups):
+            sl = slice(k * size, (k + 1) * size)
+            set_control(student, float(ts[k]))
+            out = DualTeacherLoss(weights(float(ts[k])), tau_min=20, tau_max=979)(
+                student, teachers, b.x_lr[sl], b.x_gt[sl], g)
+            total = total + out["loss"] / groups
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    set_control(student, None)
+    return student.eval()
+
+
+def train_delta_knob(
+    t_s: ToyGenerator, world: MixtureWorld, rank: int = 4, steps: int = 300, batch: int = 512, lr: float = 1e-3,
+    seed: int = 0,
+) -> ToyGenerator:
+    """The LoRA-scale knob: T_S's weights frozen plus a low-rank delta (``add_scaled_delta``) trained at scale 1 to
+    the fidelity end, ‖G_{W+ΔW}(x_LR) − z_f‖² (the distilled T_f); at inference ``set_delta_scale(g, t)`` gives
+    W + t·ΔW, one pass at any t. AdamW, clip 1.0, cosine."""
+    gen = add_scaled_delta(t_s, rank, seed)
+    gen.rng.manual_seed(seed + 303)
+    params = delta_parameters(gen)
+    for p in params:
+        p.requires_grad_(True)
+    fidelity = fidelity_teacher(world, gen)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    g = torch.Generator().manual_seed(seed)
+    set_delta_scale(gen, 1.0)
+    for _ in range(steps):
+        b = draw_batch(world, batch, g)
+        with torch.no_grad():
+            z_f = fidelity.condition(b.x_lr)
+        loss = torch.nn.functional.mse_loss(gen.latent(b.x_lr), z_f)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+    return gen.eval()
