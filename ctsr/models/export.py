@@ -12,7 +12,12 @@ import argparse
 import os
 from pathlib import Path
 
-from ctsr.checkpoints import json_meta, load_checkpoint, read_safetensors, require_finite
+from ctsr.checkpoints import (
+    json_meta,
+    load_checkpoint,
+    read_safetensors,
+    require_finite,
+)
 from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe
 from ctsr.models.control import FORMAT, ControllableSR, control_kwargs, load_into
 from ctsr.models.generator import OneStepGenerator
@@ -41,29 +46,35 @@ def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> O
     return OneStepGenerator(**cfg)
 
 
-def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None) -> ControllableSR:
+def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
+               control_steps: int | None = None) -> ControllableSR:
     """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a CTSR folder or a
-    Hub id ``owner/name[@revision]`` (:func:`ctsr.models.hub.load_pretrained`)."""
+    Hub id ``owner/name[@revision]`` (:func:`ctsr.models.hub.load_pretrained`, which comes back here with the
+    downloaded file). Every loader goes through this function: tensors only, metadata and finiteness checked.
+    ``control_steps`` overrides the stored K."""
     path = Path(path).expanduser()
     if not path.is_file():
         from ctsr.models.hub import load_pretrained, parse_hub_id
 
         if path.is_dir() or parse_hub_id(str(path)):
             return load_pretrained(path if path.is_dir() else str(path), pretrained=pretrained,
-                                   osediff_lora=osediff_lora)
+                                   osediff_lora=osediff_lora, control_steps=control_steps)
         raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit`, a .safetensors "
                                   f"from `ctsr export`, a CTSR folder or a Hub id owner/name)")
     if path.suffix == ".safetensors":
         check_model_file(path)
         try:
-            return ControllableSR.load(path, pretrained, osediff_lora)
+            return ControllableSR.load(path, pretrained, osediff_lora, control_steps=control_steps)
         except CTSRError:
             raise
         except (TypeError, KeyError, ValueError) as err:  # metadata that parses but does not fit this ctsr
             raise ConfigError(f"'{path}': its metadata does not describe a model this ctsr can build "
                               f"({describe(err)})") from None
     ckpt = load_checkpoint(path, "model file")
-    return model_from_checkpoint(ckpt, pretrained, osediff_lora, str(path))
+    model = model_from_checkpoint(ckpt, pretrained, osediff_lora, str(path))
+    if control_steps is not None and getattr(model, "supports_control", True):
+        model.control_steps = control_steps
+    return model
 
 
 def check_model_file(path: str | Path) -> None:
