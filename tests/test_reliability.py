@@ -109,6 +109,8 @@ def test_crafted_pickle_runs_nowhere(workdir, capsys):
                             "--model.init_args.model_path", str(evil)],
         "test --ckpt_path": ["test", "--config", "experiments/eval.yaml", "--config", "eval.yaml",
                              "--ckpt_path", str(evil)],
+        "demo --ckpt": ["demo", "--ckpt", str(evil), "--device", "cpu"],
+        "push": ["push", str(evil), "owner/name", "--out", "pushed"],
     }
     for name, argv in entries.items():
         assert main(argv) == 2, name
@@ -116,6 +118,11 @@ def test_crafted_pickle_runs_nowhere(workdir, capsys):
         assert str(evil) in line or "evil.ckpt" in line, (name, line)
         assert not marker.exists(), f"{name} ran the payload"
     assert not (workdir / "out.png").exists() and not (workdir / "out.safetensors").exists()
+    from ctsr.models.hub import load_pretrained  # the hub loader (ControllableSR.from_pretrained) on a local file
+
+    with pytest.raises(ConfigError, match="evil.ckpt"):
+        load_pretrained(evil)
+    assert not marker.exists()
 
 
 def test_broken_weight_files_are_one_line(tmp_path):
@@ -384,7 +391,7 @@ def test_ckpt_path_last_falls_back_and_never_starts_from_zero(tmp_path, capsys):
     (ckpts / "epoch=0-step=4.ckpt").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="none of the 2 checkpoints"):
         resolve_last(ckpts, run)
-    with pytest.raises(ConfigError, match="no checkpoint in .*is the run name right.*exp"):
+    with pytest.raises(ConfigError, match="no checkpoint in .*exq.*runs with checkpoints in .*: exp.*is the run name right"):
         resolve_last(tmp_path / "runs" / "exq" / "checkpoints", tmp_path / "runs" / "exq")
 
 
