@@ -359,6 +359,27 @@ def test_no_checkpoint_with_non_finite_weights(tmp_path):
                                  {"state_dict": {"w": torch.tensor([float("nan")])}})
 
 
+def test_sigterm_before_training_is_not_success(monkeypatch, capsys):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import ctsr.cli
+
+    def terminated(argv):
+        raise SIGTERMException  # Lightning's own SIGTERM path (a SystemExit without code: status 0)
+
+    monkeypatch.setattr(ctsr.cli, "_lightning_cli", terminated)
+    assert main(["fit"]) == 143
+    assert "interrupted: SIGTERM" in capsys.readouterr().err
+
+
+def test_export_never_overwrites_its_input(tmp_path, capsys):
+    model = _tiny_export(tmp_path / "m.safetensors")
+    before = model.read_bytes()
+    assert main(["export", str(model), str(model), "--force"]) == 2
+    _one_line_error(capsys, "is the input file")
+    assert model.read_bytes() == before
+
+
 # -- 3./4. checkpoints on disk, resume resolution, locks, settings ------------------------------------------------
 def test_atomic_save_never_leaves_a_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "last.ckpt"
@@ -486,7 +507,7 @@ def test_datamodule_state_holds_pool_and_position(sample_dir):
 
 
 # -- 5. the ablation runner ------------------------------------------------------------------------------------------
-def test_runner_validates_a_run_whose_final_validation_was_lost(tmp_path):
+def test_runner_validates_a_run_whose_final_validation_was_cut(tmp_path):
     from ctsr.callbacks.t_sweep import write_tables
     from ctsr.experiments import sweep
 
