@@ -118,7 +118,9 @@ def test_crafted_pickle_runs_nowhere(workdir, capsys):
         assert str(evil) in line or "evil.ckpt" in line, (name, line)
         assert not marker.exists(), f"{name} ran the payload"
     assert not (workdir / "out.png").exists() and not (workdir / "out.safetensors").exists()
-    from ctsr.models.hub import load_pretrained  # the hub loader (ControllableSR.from_pretrained) on a local file
+    from ctsr.models.hub import (
+        load_pretrained,  # the hub loader (ControllableSR.from_pretrained) on a local file
+    )
 
     with pytest.raises(ConfigError, match="evil.ckpt"):
         load_pretrained(evil)
