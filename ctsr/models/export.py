@@ -90,8 +90,8 @@ def check_model_file(path: str | Path) -> None:
         raise ConfigError(f"'{path}': metadata 'selected_t' lacks a number 't'")
     if not isinstance(generator.get("pretrained", ""), str):
         raise ConfigError(f"'{path}': metadata 'generator' has no valid 'pretrained' entry")
-    if not any(k.startswith("stage1.") for k in tensors) or not any(k.startswith("stage2.") for k in tensors):
-        raise ConfigError(f"'{path}' lacks the stage-1 or stage-2 LoRA tensors of a CTSR model file")
+    if not any(k.startswith("stage2.") for k in tensors):
+        raise ConfigError(f"'{path}' lacks the stage-2 (control) LoRA tensors of a CTSR model file")
     require_finite(tensors, path)
 
 
