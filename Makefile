@@ -29,7 +29,7 @@ install: $(STAMP) ## create .venv (python3.11) and install ctsr with its depende
 test: $(STAMP) ## run the test suite (CPU, tiny models, offline; slow and GPU tests excluded)
 	$(OFFLINE) $(BIN)/python -m pytest -m "not slow and not gpu" -q -n auto --dist loadfile
 
-test-slow: $(STAMP) ## run the slow CPU tests too
+test-slow: $(STAMP) ## run the slow CPU tests too (the kill-and-resume loops of tests/test_reliability.py, minutes)
 	$(OFFLINE) $(BIN)/python -m pytest -m "not gpu" -q -n auto --dist loadfile
 
 samples: $(STAMP) ## write the bundled sample photos to data/samples

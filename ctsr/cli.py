@@ -3,7 +3,14 @@ select-t).
 
 The model and the data module are chosen by ``class_path`` in the YAML (``experiments/*.yaml``). Every run lives
 in one folder, ``<save_dir>/<name>`` of its TensorBoard logger: event files, ``checkpoints/``, the resolved
-``config.yaml`` and, after evaluation, the metric tables.
+``config.yaml`` (a resume adds ``config.resume-N.yaml`` beside it, never overwriting it), ``run.lock`` while a
+process works in it and, after evaluation, the metric tables.
+
+Reliability (docs/reliability.md): checkpoints are read with ``weights_only=True`` (a pickle cannot run code) and
+written atomically; ``--ckpt_path last`` falls back to the newest readable checkpoint and never starts from step 0;
+a resume with other settings is refused unless ``--resume_with_changes true``; every float setting must be finite;
+SIGINT/SIGTERM save ``last.ckpt`` and exit 130/143; non-finite losses/gradients are skipped and stop the run after
+``--nonfinite_patience`` in a row (:class:`ctsr.lit.common.RunGuard`).
 """
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from ctsr.errors import CTSRError
+from ctsr.errors import ConfigError, CTSRError
 
 TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-line help)
     "upscale": ("ctsr.inference.upscale", "upscale images or folders at one or several t (any size, tiled)"),
@@ -22,29 +29,133 @@ TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-l
     "score": ("ctsr.evaluation.score", "score a folder of SR images (OSEDiff's protocol) into a metrics table"),
     "select-t": ("ctsr.evaluation.select_t", "choose t on a validation sweep by a stated rule; record it in the model"),
 }
+_LOCKS: list = []  # the run locks this process holds; main() releases them however it ends
 
 
 def _lightning_cli(args: list[str] | None = None):
     import lightning as L
-    from lightning.pytorch.cli import LightningCLI
+    import yaml
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+    from lightning.pytorch.plugins.io import CheckpointIO
+
+    from ctsr.errors import non_finite_entries
+    from ctsr.lit.common import AtomicCheckpointIO, RunGuard
+    from ctsr.runs import RunLock, changed_keys, next_config_name, resolve_last
 
     class CTSRCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--resume_with_changes", type=bool, default=False,
+                                help="allow `--ckpt_path` to resume a run with settings other than its config.yaml "
+                                     "(each resume's config is kept as config.resume-N.yaml)")
+            parser.add_argument("--nonfinite_patience", type=int, default=3,
+                                help="stop after this many optimiser steps in a row skipped for a non-finite loss "
+                                     "or gradient (default 3)")
+
         def _parse_ckpt_path(self) -> None:
             """Lightning would overlay a checkpoint's saved hyperparameters on the config. Here the YAML (saved as
             config.yaml in every run folder) is the one record of a run, and ``ctsr test --ckpt_path`` may load a
             checkpoint into another module (``TrainedModel``): checkpoints carry weights and loop state only."""
 
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            for key, value in non_finite_entries(config):
+                if key != "config" and not key.startswith("config."):
+                    raise ConfigError(f"{key}: must be a finite number, got {value}")
+
+        def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+            patience = self._get(self.config_init, "nonfinite_patience", 3)
+            callbacks = list(callbacks) + [RunGuard(patience)]
+            plugins = config.get("plugins")
+            plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                plugins.append(AtomicCheckpointIO())
+            config["plugins"] = plugins
+            return super()._instantiate_trainer(config, callbacks)
+
+        def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+            kwargs = super()._prepare_subcommand_kwargs(subcommand)
+            if "weights_only" in self._subcommand_method_arguments[subcommand]:
+                kwargs["weights_only"] = True  # never unpickle code, whatever the command line says
+            if getattr(self, "_resolved_ckpt", None) is not None:
+                kwargs["ckpt_path"] = self._resolved_ckpt
+            return kwargs
+
+        # -- the run folder --------------------------------------------------------------------------------------
+        def _run_dir(self) -> Path:
+            return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+        def _ckpt_dir(self, run_dir: Path) -> Path:
+            mc = self.trainer.checkpoint_callback
+            dirpath = getattr(mc, "dirpath", None)
+            return Path(dirpath) if dirpath else run_dir / "checkpoints"
+
+        def _config_callback(self):
+            return next((c for c in self.trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
+
+        def _take_folder(self) -> Path:
+            run_dir = self._run_dir()
+            if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0:
+                _LOCKS.append(RunLock.acquire(run_dir))
+            return run_dir
+
+        def _resolve_ckpt(self, ckpt, run_dir: Path) -> dict | None:
+            """The checkpoint as a file path (``last`` resolved), read once here: a crafted or corrupt file fails
+            with one line before Lightning touches it."""
+            from ctsr.checkpoints import load_checkpoint
+
+            self._resolved_ckpt = None
+            if ckpt is None:
+                return None
+            if str(ckpt) == "last":
+                path, loaded = resolve_last(self._ckpt_dir(run_dir), run_dir)
+            elif str(ckpt) in ("best", "hpc", "registry"):
+                return None
+            else:
+                path, loaded = Path(ckpt), load_checkpoint(ckpt, "--ckpt_path")
+            self._resolved_ckpt = str(path)
+            return loaded
+
         def before_fit(self) -> None:
+            run_dir = self._take_folder()
             ckpt = self.config_init[self.subcommand].get("ckpt_path")
-            logger = self.trainer.logger
-            if logger is None or ckpt is not None:
+            saver = self._config_callback()
+            if ckpt is None:
+                ckpt_dir = self._ckpt_dir(run_dir)
+                if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+                    raise CTSRError(
+                        f"the run folder '{run_dir}' already holds checkpoints. Resume it with "
+                        f"`--ckpt_path last`, or start a new run with `--trainer.logger.init_args.name NEW_NAME`."
+                    )
                 return
-            ckpt_dir = Path(logger.log_dir) / "checkpoints"
-            if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
-                raise CTSRError(
-                    f"the run folder '{logger.log_dir}' already holds checkpoints. Resume it with "
-                    f"`--ckpt_path last`, or start a new run with `--trainer.logger.init_args.name NEW_NAME`."
-                )
+            self._resolve_ckpt(ckpt, run_dir)
+            old_file = run_dir / "config.yaml"
+            if saver is None or not old_file.is_file():
+                return
+            new = yaml.safe_load(saver.parser.dump(saver.config, skip_none=False))
+            old = yaml.safe_load(old_file.read_text()) or {}
+            changed = changed_keys(old, new)
+            if changed and not self.config_init[self.subcommand].get("resume_with_changes"):
+                shown = ", ".join(changed[:8]) + (" …" if len(changed) > 8 else "")
+                raise ConfigError(
+                    f"--ckpt_path: resuming '{run_dir}' with settings other than its config.yaml: {shown}. "
+                    f"The optimiser and loops continue from the checkpoint; to resume anyway give "
+                    f"--resume_with_changes true (the new settings are kept as config.resume-N.yaml), or start a "
+                    f"new run")
+            saver.config_filename = next_config_name(run_dir, "resume")
+
+        def _before_evaluation(self) -> None:
+            run_dir = self._take_folder()
+            loaded = self._resolve_ckpt(self.config_init[self.subcommand].get("ckpt_path"), run_dir)
+            saver = self._config_callback()
+            if saver is not None and (run_dir / "config.yaml").is_file():
+                saver.config_filename = next_config_name(run_dir, self.subcommand)
+            if loaded is not None and isinstance(loaded.get("global_step"), int):
+                # the step the weights were trained to: the tables and TensorBoard say which step was evaluated
+                loop = self.trainer.fit_loop.epoch_loop
+                loop.automatic_optimization.optim_progress.optimizer.step.total.completed = loaded["global_step"]
+                loop._batches_that_stepped = loaded["global_step"]
+
+        before_validate = before_test = before_predict = _before_evaluation
 
     return CTSRCLI(
         L.LightningModule,
@@ -59,6 +170,16 @@ def _lightning_cli(args: list[str] | None = None):
     )
 
 
+def _report(err: CTSRError) -> int:
+    from ctsr.errors import Interrupted
+
+    if isinstance(err, Interrupted):
+        print(f"ctsr: interrupted: {err}", file=sys.stderr)
+    else:
+        print(f"ctsr: error: {err}", file=sys.stderr)
+    return err.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -69,16 +190,24 @@ def main(argv: list[str] | None = None) -> int:
         _lightning_cli(argv)
         return 0
     except CTSRError as err:
-        print(f"ctsr: error: {err}", file=sys.stderr)
-        return 2
+        return _report(err)
+    except SystemExit as err:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(err, SIGTERMException):  # Lightning's own SIGTERM path (before training began): not success
+            print("ctsr: interrupted: SIGTERM before the first training step; nothing to save", file=sys.stderr)
+            return 143
+        raise
     except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
         cause = err
         while cause is not None and not isinstance(cause, CTSRError):
             cause = cause.__cause__ or cause.__context__
         if cause is None or os.environ.get("CTSR_TRACEBACK"):
             raise
-        print(f"ctsr: error: {cause}", file=sys.stderr)
-        return 2
+        return _report(cause)
+    finally:
+        while _LOCKS:
+            _LOCKS.pop().release()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
-"""Errors a user can act on. The CLI prints their message alone (no traceback) and exits with status 2."""
+"""Errors a user can act on. The CLI prints their message alone (no traceback) and exits with status 2
+(:class:`Interrupted`: 128 + the signal number, as a shell reports a process ended by that signal)."""
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class CTSRError(Exception):
     """Base class: the message says what is wrong and what to do."""
+
+    exit_code = 2
 
 
 class ConfigError(CTSRError, ValueError):
@@ -18,10 +25,56 @@ class DataError(CTSRError, RuntimeError):
     """A data set is missing, empty or unreadable as a whole."""
 
 
+class NonFiniteError(CTSRError, FloatingPointError):
+    """A loss, gradient or weight is NaN or infinite (training stopped, or a file refused)."""
+
+
+class Interrupted(CTSRError):
+    """SIGINT or SIGTERM ended a run after its state was saved; exit status 128 + signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
 def check(condition: bool, flag: str, message: str) -> None:
     """Raise :class:`ConfigError` naming ``flag`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{flag}: {message}")
+
+
+def check_finite(value: Any, flag: str) -> None:
+    """Refuse a float (or a list/tuple of floats) that is NaN or ±inf, naming ``flag``."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{flag}: must be a finite number, got {v}")
+
+
+def check_finite_values(prefix: str, values: Mapping[str, Any]) -> None:
+    """:func:`check_finite` on every entry of ``values`` (e.g. a constructor's arguments), flag ``prefix.key``."""
+    for key, value in values.items():
+        check_finite(value, f"{prefix}.{key}" if prefix else key)
+
+
+def non_finite_entries(tree: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
+    """(dotted key, value) of every non-finite float in a nested config (dicts, namespaces, lists)."""
+    if isinstance(tree, float):
+        if not math.isfinite(tree):
+            yield prefix, tree
+        return
+    items = None
+    if isinstance(tree, Mapping):
+        items = tree.items()
+    elif hasattr(tree, "__dict__") and type(tree).__name__ == "Namespace":
+        items = vars(tree).items()
+    elif isinstance(tree, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(tree))
+    for key, value in items or ():
+        key = str(key)
+        if key.startswith("__"):
+            continue
+        yield from non_finite_entries(value, f"{prefix}.{key}" if prefix else key)
 
 
 def describe(err: BaseException, limit: int = 200) -> str:

@@ -16,10 +16,27 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
 
-from ctsr.data.datasets import HRTrainDataset, HRValDataset, PairedDataset, collect_files
+from ctsr.data.datasets import (
+    EpochSampler,
+    HRTrainDataset,
+    HRValDataset,
+    PairedDataset,
+    collect_files,
+)
 from ctsr.data.degradations import RealESRGANDegradation, usm_sharp
 from ctsr.data.images import list_images
 from ctsr.errors import DataError, check
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning sees as resumable: the position is the data module's (saved in its state, applied to
+    the :class:`EpochSampler` on resume), so the loader's own state is empty."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class BicubicDegradation(nn.Module):
@@ -47,7 +64,9 @@ class SRDataModule(L.LightningDataModule):
         pool_size: Real-ESRGAN's sample pool ("queue"): training pairs are swapped with random pairs of a pool of
             this many, so a batch mixes degradations of earlier batches (0: off; a multiple of batch_size).
         batch_size / val_batch_size / num_workers: loader settings.
-        seed: seed of the training degradation's generator (offset by the rank under DDP).
+        seed: seed of the training order, crops and flips (a function of (seed, epoch, index)) and of the
+            degradation's generator (offset by the rank under DDP). The generator, the pool and the position in the
+            epoch are saved in every checkpoint: a resumed run continues the same stream of batches.
     """
 
     def __init__(
@@ -78,6 +97,7 @@ class SRDataModule(L.LightningDataModule):
         check(batch_size >= 1 and val_batch_size >= 1, "data.batch_size", "must be ≥ 1")
         check(pool_size >= 0 and pool_size % batch_size == 0, "data.pool_size",
               f"must be 0 or a multiple of batch_size ({batch_size}), got {pool_size}")
+        check(isinstance(seed, int), "data.seed", f"must be an integer, got {seed!r}")
         for pair in (val_pairs or []) + (test_pairs or []):
             check(len(pair) == 2, "data.val_pairs/test_pairs", f"each entry is [lr_dir, hr_dir], got {pair}")
         self.train_dirs, self.train_meta = list(train_dirs or []), list(train_meta or [])
@@ -93,6 +113,8 @@ class SRDataModule(L.LightningDataModule):
         self.skipped: dict[str, str] = {}  # path → reason, for every training file passed over
         self._generator: torch.Generator | None = None
         self._resume_generator_state: Tensor | None = None
+        self._position: tuple[int, int] = (0, 0)            # (epoch, training batches consumed in it)
+        self._resume_position: tuple[int, int] | None = None
         self.train_set = self.val_set = self.test_set = None
 
     # -- datasets ----------------------------------------------------------------------------------------------
@@ -108,7 +130,7 @@ class SRDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_set is None:
             files = collect_files(self.train_dirs, self.train_meta, "data.train_dirs/train_meta")
-            self.train_set = HRTrainDataset(files, self.crop_size, self.flip, self.rotate, self.small_images)
+            self.train_set = HRTrainDataset(files, self.crop_size, self.flip, self.rotate, self.small_images, self.seed)
         if stage in ("fit", "validate") and self.val_set is None:
             self.val_set = self._eval_set(self.val_dirs, self.val_pairs, "val")
             if stage == "validate" and self.val_set is None:
@@ -118,14 +140,23 @@ class SRDataModule(L.LightningDataModule):
             if self.test_set is None:
                 raise DataError(f"{stage}: no test data (set data.test_dirs or data.test_pairs)")
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, drop_last=shuffle,
-            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+    def _loader(self, dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+        return (ResumableLoader if sampler is not None else DataLoader)(
+            dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
+            num_workers=self.num_workers, drop_last=shuffle, pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds: never a draw from the global RNG
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, True)
+        sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self._resume_position is not None and world == 1:  # continue the epoch where the checkpoint left it
+            epoch, batches = self._resume_position
+            sampler.resume_at(epoch, batches * self.batch_size)
+            self._position = self._resume_position
+        self._resume_position = None
+        return self._loader(self.train_set, self.batch_size, True, sampler)
 
     def val_dataloader(self):
         return self._loader(self.val_set, self.val_batch_size, False) if self.val_set is not None else []
@@ -158,6 +189,8 @@ class SRDataModule(L.LightningDataModule):
         """Real-ESRGAN's queue: fill the pool first; once full, shuffle it, hand out b pairs, store the batch."""
         b = batch["hr"].shape[0]
         pairs = {"lr": batch["lr"], "hr": batch["hr"]}
+        if self._pool is not None and self._pool["hr"].device != batch["hr"].device:  # restored from a checkpoint
+            self._pool = {k: v.to(batch["hr"].device) for k, v in self._pool.items()}
         if self._pool is None or self._pool["hr"].shape[0] < self.pool_size:
             self._pool = pairs if self._pool is None else {k: torch.cat([self._pool[k], v]) for k, v in pairs.items()}
             return batch
@@ -178,6 +211,9 @@ class SRDataModule(L.LightningDataModule):
             if "seed" in batch:  # evaluation: fixed per-image seeds, the same LR whatever the batch size or run
                 batch["lr"] = self.degradation(batch["hr"], seeds=batch["seed"])
                 return batch
+            if self.trainer is not None:  # the position in the epoch, for an exact resume
+                epoch = self.trainer.current_epoch
+                self._position = (epoch, self._position[1] + 1 if self._position[0] == epoch else 1)
             generator = self._train_generator(batch["hr"].device)
             config = getattr(self.degradation, "config", None)
             if getattr(config, "usm_sharpen_gt", False):
@@ -191,8 +227,13 @@ class SRDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         gen = self._generator.get_state() if self._generator is not None else None
-        return {"skipped": dict(self.skipped), "generator_state": gen}
+        pool = {k: v.detach().cpu() for k, v in self._pool.items()} if self._pool is not None else None
+        return {"skipped": dict(self.skipped), "generator_state": gen, "pool": pool,
+                "position": list(self._position)}
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped = dict(state.get("skipped", {}))
         self._resume_generator_state = state.get("generator_state")
+        self._pool = state.get("pool")
+        if state.get("position") is not None:
+            self._resume_position = tuple(int(x) for x in state["position"])

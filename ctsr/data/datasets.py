@@ -1,5 +1,9 @@
 """Datasets: HR folders / meta-info lists for training, HR-only or paired LR–HR folders for validation and test.
 
+Training randomness (crop position, flips, rotations) is a function of (seed, epoch, index) alone — the item key is
+``(epoch, index)`` from :class:`EpochSampler`, whose order is a function of (seed, epoch) — so a resumed run draws
+exactly the crops of the uninterrupted one, whatever process or worker reads them.
+
 Every item is a dict of tensors (and strings) that ``default_collate`` batches:
 ``hr`` (3,H,W) in [0,1]; ``lr`` (3,H/4,W/4) for paired sets; ``seed`` (int64) a fixed per-image seed for the
 validation degradation; ``path``; ``skipped`` the paths (``\\n``-joined) of unreadable files passed over to make
@@ -13,9 +17,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, read_image
 from ctsr.errors import DataError
@@ -26,6 +31,48 @@ MAX_CONSECUTIVE_SKIPS = 50
 def path_seed(path: str | Path) -> int:
     """A stable 63-bit seed from a file name: the same image gets the same degradation in every run."""
     return int.from_bytes(hashlib.sha256(Path(path).name.encode()).digest()[:8], "little") >> 1
+
+
+def mix_seed(*parts: int | str) -> int:
+    """A 63-bit seed from several integers (seed, epoch, index, …), the same in every process and run."""
+    text = "/".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+class EpochSampler(Sampler):
+    """Training order: a permutation of ``n`` that is a function of (seed, epoch) only; yields ``(epoch, index)``
+    keys so the dataset's draws depend on them alone. Lightning calls :meth:`set_epoch` before every epoch.
+    :meth:`resume_at` skips the first ``consumed`` items of one epoch: a run resumed mid-epoch continues the
+    uninterrupted run's order instead of starting the epoch again."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, consumed: int) -> None:
+        self._resume = (int(epoch), int(consumed))
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(mix_seed("order", self.seed, epoch))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch, start = self.epoch, 0
+        if self._resume is not None:
+            if self._resume[0] == epoch:
+                start = self._resume[1]
+            self._resume = None
+        for index in self.order(epoch)[start:]:
+            yield (epoch, index)
 
 
 def read_meta_file(meta: str | Path) -> list[Path]:
@@ -80,7 +127,7 @@ class HRTrainDataset(Dataset):
 
     Args:
         files: image paths. small_images: ``pad`` (reflect-pad to the crop) or ``skip``.
-        on_error: called with (path, reason) for every file passed over (unreadable, or too small with ``skip``).
+        seed: with the item key ``(epoch, index)`` (or a plain index: epoch 0), the seed of the crop and flips.
     """
 
     def __init__(
@@ -90,8 +137,10 @@ class HRTrainDataset(Dataset):
         flip: bool = True,
         rotate: bool = False,
         small_images: Literal["pad", "skip"] = "pad",
+        seed: int = 0,
     ) -> None:
         self.files = list(files)
+        self.seed = seed
         self.crop_size = crop_size
         self.flip, self.rotate = flip, rotate
         self.small_images = small_images
@@ -107,7 +156,10 @@ class HRTrainDataset(Dataset):
             img = fit_to_crop(img, self.crop_size)
         return img
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, (tuple, list)) else (0, key)
+        epoch, index = int(epoch), int(index)
+        rng = random.Random(mix_seed("item", self.seed, epoch, index))
         skipped = []
         for attempt in range(MAX_CONSECUTIVE_SKIPS):
             path = self.files[(index + attempt * 7919) % len(self.files)]  # step by a prime: spread the retries
@@ -121,12 +173,12 @@ class HRTrainDataset(Dataset):
                 f"{MAX_CONSECUTIVE_SKIPS} images in a row could not be used, e.g. {skipped[-1]}; check the data set"
             )
         s = self.crop_size
-        top = random.randint(0, img.shape[1] - s)
-        left = random.randint(0, img.shape[2] - s)
+        top = rng.randint(0, img.shape[1] - s)
+        left = rng.randint(0, img.shape[2] - s)
         img = img[:, top : top + s, left : left + s]
-        if self.flip and random.random() < 0.5:
+        if self.flip and rng.random() < 0.5:
             img = img.flip(-1)
-        if self.rotate and random.random() < 0.5:
+        if self.rotate and rng.random() < 0.5:
             img = img.transpose(-1, -2)
         return {"hr": img.contiguous(), "path": str(path), "skipped": "\n".join(skipped)}
 

@@ -7,9 +7,11 @@ base config), run one ``ctsr fit`` each, then collected into one table.
 
 Runs: ``<runs>/<experiment>/<run>`` (``<runs>/tiny/<experiment>/<run>`` for ``--size tiny``), a TensorBoard folder
 each, so ``tensorboard --logdir <runs>/<experiment>`` shows the variants side by side.
-Skip/resume: after a run exits 0 with a ``metrics.csv`` the runner writes a ``done`` marker into its folder; a re-run
-skips marked runs, resumes a run that has ``checkpoints/last.ckpt`` but no marker (``--ckpt_path last``: same
-optimiser state and step counter), and starts the others fresh. Tables: ``<results>/<experiment>.md``/``.csv``
+Skip/resume: the runner writes a ``done`` marker into a run's folder only when the run's final step has been validated
+(``metrics.md`` records the step it measured, which must be the step of ``checkpoints/last.ckpt``); a re-run skips
+marked runs, resumes a run that has ``checkpoints/last.ckpt`` but no marker (``--ckpt_path last``: same optimiser
+state, step counter and data stream), validates (``ctsr validate``) a run whose training finished but whose final
+validation did not, and starts the others fresh — whatever moment a kill interrupted. Tables: ``<results>/<experiment>.md``/``.csv``
 (``<experiment>-tiny.*`` for tiny runs, so tiny numbers never overwrite paper numbers).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -146,6 +149,44 @@ def run_state(folder: Path) -> str:
     return "new"
 
 
+def metrics_step(folder: Path) -> int | None:
+    """The step the run's tables were measured at (``metrics.md``: "… metrics at step N"), None without tables."""
+    md, csv_file = folder / "metrics.md", folder / "metrics.csv"
+    if not md.is_file() or not csv_file.is_file():
+        return None
+    found = re.search(r"metrics at step (\d+)", md.read_text(errors="replace").split("\n", 1)[0])
+    return int(found.group(1)) if found else None
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of ``checkpoints/last.ckpt`` (read as tensors only), None when there is none readable."""
+    from ctsr.checkpoints import load_checkpoint
+    from ctsr.errors import CTSRError
+
+    path = folder / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        return None
+    try:
+        step = load_checkpoint(path).get("global_step")
+    except CTSRError:
+        return None
+    return step if isinstance(step, int) else None
+
+
+def validate_argv(fit: Sequence[str], folder: Path) -> list[str]:
+    """The ``ctsr validate`` of a run: its ``fit`` arguments, the checkpoint its training ended with."""
+    argv, skip = ["validate"], False
+    for a in list(fit)[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--ckpt_path":
+            skip = True
+            continue
+        argv.append(a)
+    return argv + ["--ckpt_path", str(folder / "checkpoints" / "last.ckpt")]
+
+
 def fit_argv(configs: Sequence[str], folder: Path, state: str, extra: Sequence[str] = ()) -> list[str]:
     """The ``ctsr fit`` arguments (without the program): stacked configs, the run folder, resume if needed."""
     argv = ["fit"]
@@ -206,8 +247,8 @@ def in_process_launcher(argv: Sequence[str]) -> int:
 
 def execute(runs: Sequence[Run], launch: Callable[[Sequence[str]], int] = subprocess_launcher,
             log: Callable[[str], None] = print) -> dict[str, float]:
-    """Run every run not yet done; write its ``done`` marker on success. Returns {run: seconds} of the runs made.
-    Stops at the first failure (exit status of the run)."""
+    """Run every run not yet done; write its ``done`` marker once its final step is validated. Returns {run: seconds}
+    of the runs made. Stops at the first failure (exit status of the run)."""
     times: dict[str, float] = {}
     for run in runs:
         if run.state == "done":
@@ -216,17 +257,29 @@ def execute(runs: Sequence[Run], launch: Callable[[Sequence[str]], int] = subpro
         log(f"[sweep] {'resume' if run.state == 'resume' else 'run'} {run.folder}: {shlex.join(command(run.argv))}")
         start = time.perf_counter()
         rc = launch(run.argv)
-        times[run.name] = time.perf_counter() - start
         if rc != 0:
             raise SystemExit(f"[sweep] {run.folder}: `ctsr fit` exited with status {rc}; fix it and re-run the same "
                              f"command (finished runs are skipped, this one resumes from its last checkpoint)")
-        if not (run.folder / "metrics.csv").is_file():
-            raise SystemExit(f"[sweep] {run.folder}: no metrics.csv after training (is TSweepEvaluation among "
-                             f"trainer.callbacks, and does validation run at the last step?)")
-        (run.folder / DONE).write_text(json.dumps({"argv": list(run.argv), "seconds": round(times[run.name], 1),
+        step = checkpoint_step(run.folder)
+        if step is None:
+            raise SystemExit(f"[sweep] {run.folder}: no readable checkpoints/last.ckpt after training (is a "
+                             f"ModelCheckpoint with save_last among trainer.callbacks?)")
+        if metrics_step(run.folder) != step:  # trained to the end, but the final validation did not happen
+            argv = validate_argv(run.argv, run.folder)
+            log(f"[sweep] validate {run.folder} at step {step}: {shlex.join(command(argv))}")
+            rc = launch(argv)
+            if rc != 0:
+                raise SystemExit(f"[sweep] {run.folder}: `ctsr validate` exited with status {rc}")
+        times[run.name] = time.perf_counter() - start
+        measured = metrics_step(run.folder)
+        if measured != step:
+            raise SystemExit(f"[sweep] {run.folder}: metrics.md/metrics.csv measured step {measured}, the final "
+                             f"checkpoint is step {step} (is TSweepEvaluation among trainer.callbacks?)")
+        (run.folder / DONE).write_text(json.dumps({"argv": list(run.argv), "step": step,
+                                                   "seconds": round(times[run.name], 1),
                                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
         run.state = "done"
-        log(f"[sweep] done {run.folder} in {times[run.name]:.1f} s")
+        log(f"[sweep] done {run.folder} (step {step}) in {times[run.name]:.1f} s")
     return times
 
 

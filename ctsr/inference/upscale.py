@@ -121,8 +121,9 @@ class Upscaler:
         model: a ``ControllableSR`` (from :func:`ctsr.models.export.load_model`); prepared in place.
         device: ``cuda``, ``cuda:1``, ``cpu``; default CUDA when there is one.
         precision: weights and activations of UNet and VAE; ``auto``: bf16 on CUDA, fp32 on the CPU.
-        tile, tile_overlap: UNet tiles in latent pixels (1 latent pixel = 8 output pixels); 0: never tile.
-        vae_tile, vae_overlap: VAE encoder/decoder tiles in latent pixels; 0: never tile.
+        tile, tile_overlap: UNet tiles in latent pixels (1 latent pixel = 8 output pixels); 0: never tile (the
+            overlap is then ignored).
+        vae_tile, vae_overlap: VAE encoder/decoder tiles in latent pixels; 0: never tile (overlap ignored).
         shared_norms: whose tiles' GroupNorms use each image's statistics (as untiled): ``unet``, ``all``, ``none``.
         color: colour correction against the bicubic-upscaled input: ``adain``, ``wavelet`` or ``none``.
         batch_size: images per network call; tiles per call are bounded by the same pixel count
@@ -146,6 +147,11 @@ class Upscaler:
     ) -> None:
         check(color in COLOR_FIXES, "--color", f"one of {', '.join(COLOR_FIXES)}; got {color!r}")
         check(batch_size >= 1, "--batch-size", f"must be ≥ 1, got {batch_size}")
+        for flag, value in (("--tile", tile), ("--tile-overlap", tile_overlap), ("--vae-tile", vae_tile),
+                            ("--vae-overlap", vae_overlap)):
+            check(isinstance(value, int) and not isinstance(value, bool), flag, f"must be an integer, got {value!r}")
+        tile_overlap = 0 if tile == 0 else tile_overlap      # 0 = no tiling, as documented: no overlap to check
+        vae_overlap = 0 if vae_tile == 0 else vae_overlap
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.tiling = dict(tile=tile, overlap=tile_overlap, vae_tile=vae_tile, vae_overlap=vae_overlap,
@@ -250,6 +256,33 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _is_image_extension(ext: str) -> bool:
+    """An extension some image format uses (PIL's registry, plus a few it may lack): never a folder name."""
+    from PIL import Image
+
+    return ext.lower() in Image.registered_extensions() or ext.lower() in (".gif", ".heic", ".heif", ".avif", ".jxl",
+                                                                            ".svg", ".raw", ".dng", ".cr2", ".nef")
+
+
+def unusable_inputs(source: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """What a folder INPUT holds besides the images ctsr reads: (files it cannot use, with the reason: broken links
+    and other image formats — reported as failed), and other files (listed, not an error)."""
+    if not source.is_dir():
+        return [], []
+    failed, other = [], []
+    for p in sorted(source.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(source).parts):
+            continue  # hidden files and folders (.DS_Store, .git): not inputs
+        if p.is_symlink() and not p.exists():
+            failed.append((p, "broken link"))
+        elif p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS:
+            if _is_image_extension(p.suffix):
+                failed.append((p, f"{p.suffix} is not supported (use {', '.join(IMAGE_EXTENSIONS)})"))
+            else:
+                other.append(p)
+    return failed, other
+
+
 def plan_jobs(source: Path, output: Path, ts: list[float], fmt: str, overwrite: bool) -> tuple[list[Job], int]:
     """Which file to write for which input and t; refuses to write into the input folder or over the input.
     Returns the jobs with outputs left to write, and the number of outputs kept because they exist."""
@@ -272,6 +305,10 @@ def plan_jobs(source: Path, output: Path, ts: list[float], fmt: str, overwrite: 
             targets[f] = {t: base / f"{f.stem}{t_suffix(t) if several else ''}{ext}" for t in ts}
     else:
         files = [source]
+        if output.suffix and not output.is_dir() and output.suffix.lower() not in IMAGE_EXTENSIONS \
+                and _is_image_extension(output.suffix):
+            raise ConfigError(f"OUTPUT: '{output}': {output.suffix} is not a format ctsr writes (use one of "
+                              f"{', '.join(IMAGE_EXTENSIONS)}, or a folder name without an image extension)")
         if output.suffix.lower() in IMAGE_EXTENSIONS and not output.is_dir():
             stem, ext, base = output.stem, output.suffix, output.parent
         else:
@@ -369,11 +406,18 @@ def main(argv: list[str] | None = None) -> int:
     check(args.control_steps is None or args.control_steps >= 1, "--control-steps",
           f"must be ≥ 1, got {args.control_steps}")
     ts = check_t_values(None, args.t)
+    check(args.tile >= 0, "--tile", f"must be ≥ 0 (0: no tiling), got {args.tile}")
+    check(args.vae_tile >= 0, "--vae-tile", f"must be ≥ 0 (0: no tiling), got {args.vae_tile}")
     jobs, kept = plan_jobs(args.input, args.output, ts, args.format, args.overwrite)
+    unusable, other = unusable_inputs(args.input)
+    for path, reason in unusable:
+        print(f"ctsr upscale: skipped {path}: {reason}", file=sys.stderr)
     hint = " (use --overwrite to replace them)" if kept else ""
     if not jobs:
-        print(f"ctsr upscale: nothing to do, all {kept} output file(s) exist{hint}")
-        return 0
+        print(f"ctsr upscale: nothing to do, all {kept} output file(s) exist{hint}"
+              + (f"; {len(unusable)} input(s) not usable: " + ", ".join(str(p) for p, _ in unusable[:5])
+                 if unusable else ""))
+        return 1 if unusable else 0
     device = resolve_device(args.device)  # before loading: a wrong device fails fast
     model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
     check_t_values(model, ts)
@@ -385,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # equal sizes go through the network together; the header tells the size without decoding the image
     jobs.sort(key=lambda j: _peek_size(j.source))
-    failed: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, str]] = list(unusable)
     done = written = 0
     bar = tqdm(total=len(jobs), unit="img", desc="upscale", disable=not args.input.is_dir(), file=sys.stderr)
 
@@ -427,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(len(group))
             continue
         for k, (job, _) in enumerate(group):
+            bad = [t for t, sr in zip(ts_group, results) if not bool(torch.isfinite(sr[k]).all())]
+            if bad:  # never an all-black image called success
+                fail(job, f"the model produced non-finite values at t = {', '.join(f'{t:g}' for t in bad)} "
+                          f"(try --precision fp32; nothing written)")
+                continue
             try:
                 for t, sr in zip(ts_group, results):
                     job.outputs[t].parent.mkdir(parents=True, exist_ok=True)
@@ -442,8 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     if kept:
         summary += f"; {kept} existing output file(s) kept{hint}"
     if failed:
-        summary += f"; {len(failed)} failed: " + ", ".join(str(p) for p, _ in failed[:5])
+        summary += f"; {len(failed)} failed: " + ", ".join(f"{p} ({r})" for p, r in failed[:5])
         summary += " …" if len(failed) > 5 else ""
+    if other:
+        summary += f"; {len(other)} other file(s) ignored (not images): " + ", ".join(str(p) for p in other[:3])
+        summary += " …" if len(other) > 3 else ""
     print(summary)
     return 1 if failed else 0
 
@@ -453,4 +505,4 @@ if __name__ == "__main__":
         sys.exit(main())
     except CTSRError as err:
         print(f"ctsr upscale: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)

@@ -6,8 +6,8 @@ from typing import Literal
 import lightning as L
 import torch
 
-from ctsr.errors import check
-from ctsr.lit.common import LoRACheckpointMixin, adamw
+from ctsr.errors import check_finite_values
+from ctsr.lit.common import LoRACheckpointMixin, adamw, check_optimizer
 from ctsr.losses.perceptual import FrozenLPIPS
 from ctsr.losses.stage1 import DualTeacherLoss, Stage1Weights
 from ctsr.models.generator import OneStepGenerator
@@ -50,7 +50,9 @@ class DualTeacherDistillation(LoRACheckpointMixin, L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        check(lr > 0, "model.lr", f"must be > 0, got {lr}")
+        check_finite_values("model", {"lambda_l2": lambda_l2, "lambda_lp": lambda_lp, "lambda_fl": lambda_fl,
+                                      "lambda_rn": lambda_rn, "gamma_time": gamma_time})
+        check_optimizer(lr, betas, weight_decay)
         self.save_hyperparameters(ignore=["generator", "fidelity_teacher", "realness_teacher"])
         self.generator = generator
         if realness_teacher is None:

@@ -34,27 +34,29 @@ FORMAT = "ctsr-controllable-v1"
 
 def read_stage1_lora(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """The stage-1 generator's LoRA tensors (keys relative to the generator) and its config, from a stage-1
-    Lightning checkpoint (``.ckpt``) or an exported ``.safetensors`` file."""
+    Lightning checkpoint (``.ckpt``, read with ``weights_only=True``: no code in it runs) or an exported
+    ``.safetensors`` file; refused, naming the file, when unreadable or holding non-finite weights."""
+    from ctsr.checkpoints import json_meta, load_checkpoint, read_safetensors, require_finite
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"stage-1 checkpoint '{path}' not found (a runs/<name>/checkpoints/*.ckpt of "
                                   f"`ctsr fit --config experiments/stage1.yaml`, or an exported .safetensors)")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            weights = {k[len("stage1."):]: f.get_tensor(k) for k in f.keys() if k.startswith("stage1.")}
-        return weights, json.loads(meta.get("generator", "{}"))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # Lightning checkpoints hold loop state
-    except Exception as err:
-        raise ConfigError(f"stage1_ckpt: '{path}' is not a readable checkpoint ({describe(err)})") from None
-    state = ckpt.get("state_dict", {})
-    weights = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.") and "lora_" in k}
+        tensors, meta = read_safetensors(path, "stage1_ckpt")
+        weights = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
+        config = json_meta(meta, "generator", path, default={})
+    else:
+        ckpt = load_checkpoint(path, "stage1_ckpt")
+        state = ckpt.get("state_dict", {})
+        state = state if isinstance(state, dict) else {}
+        weights = {k[len("generator."):]: v for k, v in state.items()
+                   if k.startswith("generator.") and "lora_" in k}
+        config = ckpt.get("ctsr_generator_config", {})
     if not weights:
         raise ConfigError(f"stage1_ckpt: '{path}' holds no generator LoRA weights (is it a stage-1 checkpoint?)")
-    return weights, ckpt.get("ctsr_generator_config", {})
+    require_finite(weights, path, "stage-1 weights")
+    return weights, config
 
 
 def load_into(module: nn.Module, weights: dict[str, Tensor], what: str) -> None:

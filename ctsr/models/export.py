@@ -1,17 +1,25 @@
 """Loading any trained CTSR file as a :class:`ControllableSR`, and ``ctsr export`` (checkpoint → safetensors).
 
 Accepted: an exported ``.safetensors`` (stage-1 + stage-2 LoRA), a stage-2 Lightning ``.ckpt``, or a stage-1
-``.ckpt`` (then only t = 0 is allowed: there is no control yet).
+``.ckpt`` (then only t = 0 is allowed: there is no control yet). Every file is read as tensors only (a checkpoint
+with ``torch.load(weights_only=True)``: no code in a file ever runs) and refused, naming the file, when it is
+unreadable, not a CTSR model, or holds non-finite weights. :func:`load_model` is the one entry point for every
+loader (``ctsr upscale``, ``ctsr export``, ``ctsr test --model.init_args.model_path``, the demo, the hub).
 """
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-import torch
-
-from ctsr.errors import ConfigError, MissingWeightsError, describe
-from ctsr.models.control import ControllableSR, control_kwargs, load_into
+from ctsr.checkpoints import (
+    json_meta,
+    load_checkpoint,
+    read_safetensors,
+    require_finite,
+)
+from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe
+from ctsr.models.control import FORMAT, ControllableSR, control_kwargs, load_into
 from ctsr.models.generator import OneStepGenerator
 
 
@@ -38,31 +46,64 @@ def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> O
     return OneStepGenerator.from_config(cfg)  # fills options that older files lack with what they were trained with
 
 
-def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None) -> ControllableSR:
+def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
+               control_steps: int | None = None) -> ControllableSR:
     """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a CTSR folder or a
-    Hub id ``owner/name[@revision]`` (:func:`ctsr.models.hub.load_pretrained`)."""
+    Hub id ``owner/name[@revision]`` (:func:`ctsr.models.hub.load_pretrained`, which comes back here with the
+    downloaded file). Every loader goes through this function: tensors only, metadata and finiteness checked.
+    ``control_steps`` overrides the stored K."""
     path = Path(path).expanduser()
     if not path.is_file():
         from ctsr.models.hub import load_pretrained, parse_hub_id
 
         if path.is_dir() or parse_hub_id(str(path)):
             return load_pretrained(path if path.is_dir() else str(path), pretrained=pretrained,
-                                   osediff_lora=osediff_lora)
+                                   osediff_lora=osediff_lora, control_steps=control_steps)
         raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit`, a .safetensors "
                                   f"from `ctsr export`, a CTSR folder or a Hub id owner/name)")
     if path.suffix == ".safetensors":
-        return ControllableSR.load(path, pretrained, osediff_lora)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ConfigError(f"'{path}' is not a readable checkpoint ({describe(err)})") from None
-    return model_from_checkpoint(ckpt, pretrained, osediff_lora, str(path))
+        check_model_file(path)
+        try:
+            return ControllableSR.load(path, pretrained, osediff_lora, control_steps=control_steps)
+        except CTSRError:
+            raise
+        except (TypeError, KeyError, ValueError) as err:  # metadata that parses but does not fit this ctsr
+            raise ConfigError(f"'{path}': its metadata does not describe a model this ctsr can build "
+                              f"({describe(err)})") from None
+    ckpt = load_checkpoint(path, "model file")
+    model = model_from_checkpoint(ckpt, pretrained, osediff_lora, str(path))
+    if control_steps is not None and getattr(model, "supports_control", True):
+        model.control_steps = control_steps
+    return model
+
+
+def check_model_file(path: str | Path) -> None:
+    """An exported model file, checked before it is built: readable safetensors, CTSR metadata, finite weights."""
+    tensors, meta = read_safetensors(path, "model file")
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"'{path}' is not a CTSR model file (format {meta.get('format')!r}; write one with "
+                          f"`ctsr export`)")
+    generator, control = json_meta(meta, "generator", path), json_meta(meta, "control", path)
+    if not isinstance(control.get("rank"), int) or control["rank"] < 1:
+        raise ConfigError(f"'{path}': metadata 'control' lacks a valid 'rank'")
+    if "selected_t" in meta and not isinstance(json_meta(meta, "selected_t", path).get("t"), (int, float)):
+        raise ConfigError(f"'{path}': metadata 'selected_t' lacks a number 't'")
+    if not isinstance(generator.get("pretrained", ""), str):
+        raise ConfigError(f"'{path}': metadata 'generator' has no valid 'pretrained' entry")
+    if not any(k.startswith("stage2.") for k in tensors):
+        raise ConfigError(f"'{path}' lacks the stage-2 (control) LoRA tensors of a CTSR model file")
+    require_finite(tensors, path)
 
 
 def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lora: str | None = None,
                           name: str = "the checkpoint") -> ControllableSR:
     """A loaded Lightning checkpoint dict (stage 1 or stage 2) → :class:`ControllableSR` in eval mode."""
     state = ckpt.get("state_dict", {})
+    if not isinstance(state, dict):
+        raise ConfigError(f"{name} holds no state_dict (not a Lightning checkpoint of ctsr)")
+    require_finite(state, name)
+    if isinstance(ckpt.get("ctsr_stage1_lora"), dict):
+        require_finite(ckpt["ctsr_stage1_lora"], name, "stage-1 weights")
     generator = _generator(ckpt.get("ctsr_generator_config", {}), pretrained, osediff_lora)
     if "ctsr_stage1_lora" in ckpt:  # stage 2
         control = ckpt.get("ctsr_control", {})
@@ -89,14 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--osediff-lora", help="override the OSEDiff LoRA file stored in the checkpoint")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     if out.suffix != ".safetensors":
         raise ConfigError(f"out: '{out}' must end in .safetensors")
     if out.exists() and not args.force:
         raise ConfigError(f"out: '{out}' exists (use --force to overwrite)")
+    if Path(args.ckpt).expanduser().resolve() == out.resolve():
+        raise ConfigError(f"out: '{out}' is the input file")
     model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
     if isinstance(model, Stage1Only):
         raise ConfigError(f"'{args.ckpt}' is a stage-1 checkpoint; export a stage-2 one")
-    model.export(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.safetensors")
+    try:  # through a temporary file: a killed export leaves no partial model file
+        model.export(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -125,18 +125,15 @@ def load_pretrained(repo_or_path: str | Path, revision: str | None = None, **loa
     """A CTSR model from the Hub (``owner/name``, ``owner/name@revision``) or a local folder (or model file) →
     :class:`~ctsr.models.control.ControllableSR` in eval mode on the CPU. ``load_kwargs``: ``pretrained``,
     ``osediff_lora``, ``control_steps`` of :meth:`ControllableSR.load`."""
-    from ctsr.models.control import ControllableSR
+    # every file through load_model: tensors only, metadata and finiteness checked (docs/reliability.md)
+    from ctsr.models.export import load_model
 
     path = Path(repo_or_path).expanduser()
     if path.is_file():
-        from ctsr.models.export import load_model
-
         if revision is not None:
             raise ConfigError(f"revision: '{revision}' given for the local file '{path}' (revisions are for hub ids)")
-        if set(load_kwargs) - {"pretrained", "osediff_lora"}:
-            return ControllableSR.load(path, **load_kwargs)
         return load_model(path, **load_kwargs)
-    return ControllableSR.load(weights_file(resolve_folder(repo_or_path, revision)), **load_kwargs)
+    return load_model(weights_file(resolve_folder(repo_or_path, revision)), **load_kwargs)
 
 
 # -- publishing --------------------------------------------------------------------------------------------------
@@ -172,8 +169,8 @@ def _global_step(ckpt: Path) -> int | None:
         return None
     import torch
 
-    try:  # mmap: only the header is read, not the tensors
-        return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step"))
+    try:  # mmap: only the header is read, not the tensors; weights_only: no code in the file runs
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step"))
     except Exception:  # noqa: BLE001 — an unreadable checkpoint only means the card omits the step count
         return None
 
