@@ -203,3 +203,22 @@ def test_stage2_refuses_a_generator_that_differs_from_the_stage1_run():
     with pytest.raises(ConfigError, match=r"model\.generator: .*s1\.ckpt.*lora_alpha=4\.0, train_conv_in=False"):
         check_stage1_fits(old, gen, "s1.ckpt")
     check_stage1_fits(old, {**gen, "lora_alpha": 4.0, "train_conv_in": False}, "s1.ckpt")
+
+
+def test_stage2_takes_the_stage1_conv_in_along_with_the_lora(tmp_path):
+    """OSEDiff trains conv_in in full (train_conv_in): T_S must be built with the trained conv_in, not the base one."""
+    from ctsr.models.control import read_stage1_lora
+
+    gen = OneStepGenerator("tiny")
+    trained = {f"generator.{n}": p.detach().clone() + 0.01 for n, p in gen.named_parameters() if p.requires_grad}
+    assert any(".conv_in.base_layer." in k for k in trained)
+    torch.save({"state_dict": trained, "ctsr_generator_config": gen.config}, tmp_path / "s1.ckpt")
+    weights, config = read_stage1_lora(tmp_path / "s1.ckpt")
+    assert set(weights) == {k[len("generator."):] for k in trained} and config == gen.config
+    with_conv_in = ControllableSR.from_stage1(OneStepGenerator("tiny"), weights)
+    lora_only = ControllableSR.from_stage1(OneStepGenerator("tiny"),
+                                           {k: v for k, v in weights.items() if "lora_" in k})
+    # T_S = merged stage-1 weights: the same LoRA on top, so the difference is the trained conv_in's own (+0.01)
+    diff = (with_conv_in.generator.unet.conv_in.base_layer.weight
+            - lora_only.generator.unet.conv_in.base_layer.weight)
+    assert torch.allclose(diff, torch.full_like(diff, 0.01), atol=1e-6)

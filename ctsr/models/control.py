@@ -50,8 +50,8 @@ def read_stage1_lora(path: str | Path) -> tuple[dict[str, Tensor], dict]:
         ckpt = load_checkpoint(path, "stage1_ckpt")
         state = ckpt.get("state_dict", {})
         state = state if isinstance(state, dict) else {}
-        weights = {k[len("generator."):]: v for k, v in state.items()
-                   if k.startswith("generator.") and "lora_" in k}
+        # the checkpoint holds the trainable weights only: the LoRA and, as OSEDiff trains it, the UNet's conv_in
+        weights = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
         config = ckpt.get("ctsr_generator_config", {})
     if not weights:
         raise ConfigError(f"stage1_ckpt: '{path}' holds no generator LoRA weights (is it a stage-1 checkpoint?)")
