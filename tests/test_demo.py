@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ctsr.data.images import read_image
 from ctsr.inference import demo, upscale
 from ctsr.inference.upscale import Upscaler
-from ctsr.models.control import ControllableSR
 from ctsr.models.export import load_model
 from ctsr.models.generator import OneStepGenerator
 
@@ -30,21 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def model_file(tiny_model_file):
     """A tiny stage-2 model whose LoRAs change the output (so that t changes the picture)."""
-    torch.manual_seed(0)
-    gen = OneStepGenerator("tiny")
-    with torch.no_grad():
-        for n, p in gen.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    stage1 = {n: p.detach().clone() for n, p in gen.named_parameters() if p.requires_grad}
-    model = ControllableSR.from_stage1(gen, stage1)
-    with torch.no_grad():
-        for n, p in model.generator.unet.named_parameters():
-            if "lora_B.control" in n:
-                p.normal_(0, 0.05)
-    return model.export(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+    return tiny_model_file(stage1_lora=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,7 @@ from huggingface_hub import constants
 from ctsr import cli
 from ctsr.errors import ConfigError, MissingWeightsError
 from ctsr.models import hub
-from ctsr.models.control import ControllableSR
 from ctsr.models.export import load_model
-from ctsr.models.generator import OneStepGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -56,22 +54,11 @@ Protocol: PSNR/SSIM on Y (BT.601), crop border 0; LPIPS-VGG; images rounded to 8
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_controllable):
     """A stage-2 run folder as `ctsr fit` + `ctsr export` leave it (config.yaml, checkpoints, metrics.md, the
     exported file), beside its stage-1 run folder; the model is tiny, with LoRAs that change the output."""
     root = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    gen = OneStepGenerator("tiny")
-    with torch.no_grad():
-        for n, p in gen.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    stage1 = {n: p.detach().clone() for n, p in gen.named_parameters() if p.requires_grad}
-    model = ControllableSR.from_stage1(gen, stage1)
-    with torch.no_grad():
-        for n, p in model.generator.unet.named_parameters():
-            if "lora_B.control" in n:
-                p.normal_(0, 0.05)
+    model = tiny_controllable(stage1_lora=True)
     s1, s2 = root / "stage1", root / "stage2"
     (s1 / "checkpoints").mkdir(parents=True)
     (s2 / "checkpoints").mkdir(parents=True)

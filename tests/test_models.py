@@ -8,7 +8,6 @@ from peft import LoraConfig
 from ctsr.errors import ConfigError, MissingWeightsError
 from ctsr.models.generator import OneStepGenerator, pil_bicubic_resize
 from ctsr.models.loading import load_osediff_lora, load_sd_components
-from ctsr.models.lora import merge_and_remove_lora
 from ctsr.models.teachers import AnchoredTeacher, UNetTeacher
 
 

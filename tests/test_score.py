@@ -17,7 +17,6 @@ from ctsr.evaluation import select_t as st
 from ctsr.evaluation.score import pair_files, score_folder
 from ctsr.evaluation.tables import Row, Table, read_table, write_table
 from ctsr.models.control import ControllableSR
-from ctsr.models.generator import OneStepGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,16 +24,8 @@ METRICS = ["psnr", "ssim", "lpips", "fid"]
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    gen = OneStepGenerator("tiny")
-    stage1 = {n: p.detach().clone() for n, p in gen.named_parameters() if p.requires_grad}
-    model = ControllableSR.from_stage1(gen, stage1)
-    with torch.no_grad():
-        for n, p in model.generator.unet.named_parameters():
-            if "lora_B.control" in n:
-                p.normal_(0, 0.05)
-    return model.export(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+def model_file(tiny_model_file):
+    return tiny_model_file(stage1_lora=False)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from ctsr.data.images import read_image
 from ctsr.errors import ConfigError, MissingWeightsError
 from ctsr.lit.evaluate import TrainedModel
 from ctsr.metrics import psnr, quantize_8bit
-from ctsr.models.control import ControllableSR
 from ctsr.models.generator import OneStepGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,16 +31,8 @@ T = [0.0, 0.5, 1.0]
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    gen = OneStepGenerator("tiny")
-    stage1 = {n: p.detach().clone() for n, p in gen.named_parameters() if p.requires_grad}
-    model = ControllableSR.from_stage1(gen, stage1)
-    with torch.no_grad():
-        for n, p in model.generator.unet.named_parameters():
-            if "lora_B.control" in n:
-                p.normal_(0, 0.05)  # a control that does something
-    return model.export(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+def model_file(tiny_model_file):
+    return tiny_model_file(stage1_lora=False)
 
 
 def _data(sample_dir):

@@ -10,7 +10,6 @@ from ctsr.errors import ConfigError
 from ctsr.inference import bench, upscale
 from ctsr.inference.color import adain, color_fix, wavelet, wavelet_decomposition
 from ctsr.inference.upscale import Upscaler, check_t_values
-from ctsr.models.control import ControllableSR
 from ctsr.models.export import Stage1Only, load_model
 from ctsr.models.generator import OneStepGenerator
 
@@ -19,20 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    gen = OneStepGenerator("tiny")
-    with torch.no_grad():
-        for n, p in gen.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)  # a stage-1 LoRA that changes the output
-    stage1 = {n: p.detach().clone() for n, p in gen.named_parameters() if p.requires_grad}
-    model = ControllableSR.from_stage1(gen, stage1)
-    with torch.no_grad():
-        for n, p in model.generator.unet.named_parameters():
-            if "lora_B.control" in n:
-                p.normal_(0, 0.05)
-    return model.export(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+def model_file(tiny_model_file):
+    return tiny_model_file(stage1_lora=True)
 
 
 def _photo(h, w, mode="RGB"):

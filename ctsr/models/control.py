@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, tau_of_t
-from ctsr.errors import ConfigError, MissingWeightsError, check, describe
+from ctsr.errors import ConfigError, MissingWeightsError, check
 from ctsr.models.generator import OneStepGenerator
 from ctsr.models.lora import UNET_TARGETS, add_lora, merge_and_remove_lora
 

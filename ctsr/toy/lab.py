@@ -36,7 +36,7 @@ from ctsr.toy.models import ToyGenerator, set_control, set_delta_scale
 from ctsr.toy.report import write_report
 from ctsr.toy.train import (EvalSet, eps_error, fidelity_teacher, pretrain, stage1, stage1_conditional, stage2,
                             train_delta_knob)
-from ctsr.toy.world import MixtureWorld, mse, to_points
+from ctsr.toy.world import MixtureWorld, mse
 
 PATHS = ("fidelity", "noise", "denoise")
 GRID = {

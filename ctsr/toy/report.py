@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ctsr.toy.figures import DEFAULTS, FACTOR_NAMES, PATH_NAMES
+from ctsr.toy.figures import DEFAULTS, FACTOR_NAMES
 
 T_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -138,7 +138,6 @@ def write_report(results: list[dict], cfg, out: Path, timing: dict, figures: lis
         a("")
 
     # 3 ---------------------------------------------------------------------------------------------------------------
-    big = f"K{cfg.big_k}"
     a("## 3. Stage 2: objectives and inference rules over t = 0, 0.1, …, 1\n")
     for r in results:
         for src in ("pretrained", "stage1"):
@@ -159,7 +158,6 @@ def write_report(results: list[dict], cfg, out: Path, timing: dict, figures: lis
       "own path, ED↓ = steps in which the energy distance falls by more than 0.005. `path …` rows are z0 + P(t) "
       "itself (what a perfect student reproduces). The same numbers are in `summary.json`.\n")
     for r in results:
-        w = summary[f"d{r['dim']}"]
         for src in ("pretrained", "stage1"):
             if src not in r["stage2"]:
                 continue
