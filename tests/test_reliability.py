@@ -109,6 +109,11 @@ def test_crafted_pickle_runs_nowhere(workdir, capsys):
                             "--model.init_args.model_path", str(evil)],
         "test --ckpt_path": ["test", "--config", "experiments/eval.yaml", "--config", "eval.yaml",
                              "--ckpt_path", str(evil)],
+        "sr_model (spandrel)": stage1 + ["--trainer.logger.init_args.name", "c",
+                                         "--model.init_args.fidelity_teacher.init_args.sr_model", str(evil)],
+        "sr_model (resshift)": stage1 + ["--trainer.logger.init_args.name", "d",
+                                         "--model.init_args.fidelity_teacher.init_args.sr_model",
+                                         f"resshift:{evil},{evil}"],
         "demo --ckpt": ["demo", "--ckpt", str(evil), "--device", "cpu"],
         "push": ["push", str(evil), "owner/name", "--out", "pushed"],
     }
