@@ -136,6 +136,17 @@ def test_unet_passes_training_one_t_and_a_sweep():
     calls.close()
 
 
+def test_t_sweep_callback_computes_the_velocity_once():
+    from ctsr.callbacks.t_sweep import sweep_images
+
+    m = _module()
+    _perturb_control(m.model)
+    calls = UNetCalls(m.model.generator.unet)
+    outs = sweep_images(m, torch.rand(2, 3, 8, 8), [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], color="adain")
+    assert calls.take() == 2 and len(outs) == 6      # the callback's batch: 6 values of t, 2 UNet passes
+    calls.close()
+
+
 def test_upscale_computes_the_velocity_once(tmp_path):
     m = _module()
     _perturb_control(m.model)
