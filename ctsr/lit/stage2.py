@@ -22,9 +22,7 @@ def check_stage1_fits(stage1: dict, generator: dict, path: str) -> None:
     (stage-1 files written before ``lora_alpha``/``train_conv_in`` existed used alpha = rank and a frozen conv_in)."""
     if not stage1:
         return
-    saved = {**stage1}
-    saved.setdefault("lora_alpha", float(saved.get("lora_rank", 4)))
-    saved.setdefault("train_conv_in", False)
+    saved = OneStepGenerator.complete_config(stage1)
     bad = [k for k in STAGE1_KEYS if k in saved and k in generator and saved[k] != generator[k]]
     check(not bad, "model.generator",
           f"the stage-1 checkpoint '{path}' was trained with " + ", ".join(f"{k}={saved[k]}" for k in bad)

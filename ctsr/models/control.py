@@ -23,6 +23,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from ctsr.checkpoints import json_meta, load_checkpoint, read_safetensors, require_finite
 from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, tau_of_t
 from ctsr.errors import ConfigError, MissingWeightsError, check
 from ctsr.models.generator import OneStepGenerator
@@ -36,8 +37,6 @@ def read_stage1_lora(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """The stage-1 generator's LoRA tensors (keys relative to the generator) and its config, from a stage-1
     Lightning checkpoint (``.ckpt``, read with ``weights_only=True``: no code in it runs) or an exported
     ``.safetensors`` file; refused, naming the file, when unreadable or holding non-finite weights."""
-    from ctsr.checkpoints import json_meta, load_checkpoint, read_safetensors, require_finite
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"stage-1 checkpoint '{path}' not found (a runs/<name>/checkpoints/*.ckpt of "
@@ -267,32 +266,56 @@ class ControllableSR(nn.Module):
     def load(cls, path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
              control_steps: int | None = None) -> "ControllableSR":
         """Rebuild from :meth:`export` without Lightning; ``pretrained``/``osediff_lora`` override the stored
-        locations (the file stores where the base weights were found at training time)."""
-        from safetensors import safe_open
-
+        locations (the file stores where the base weights were found at training time). The file is read once,
+        as tensors only, and refused naming it when it is not a CTSR model file or holds non-finite weights."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise MissingWeightsError(f"CTSR model file '{path}' not found (write one with `ctsr export`)")
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ConfigError(f"'{path}' is not a CTSR model file (format {meta.get('format')!r})")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        gcfg, ccfg = json.loads(meta["generator"]), json.loads(meta["control"])
-        if pretrained is not None:
-            gcfg["pretrained"] = pretrained
-        if osediff_lora is not None:
-            gcfg["osediff_lora"] = osediff_lora or None
-        generator = OneStepGenerator.from_config(gcfg)  # old files: their LoRA scaling and frozen conv_in
+        tensors, meta = read_safetensors(path, "model file")
+        gcfg, ccfg, selected = check_model_file(tensors, meta, path)
+        generator = generator_from_config(gcfg, pretrained, osediff_lora)
         stage1 = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
         model = cls.from_stage1(generator, stage1, control_rank=ccfg.pop("rank"),
                                 **control_kwargs(ccfg, control_steps))
         control = {k[len("stage2.unet."):]: v for k, v in tensors.items() if k.startswith("stage2.unet.")}
         load_into(generator.unet, control, "stage-2 LoRA")
-        if meta.get("selected_t"):
-            model.selected_t_record = json.loads(meta["selected_t"])
-            model.selected_t = float(model.selected_t_record["t"])
+        if selected is not None:
+            model.selected_t_record = selected
+            model.selected_t = float(selected["t"])
         return model.eval()
+
+
+def check_model_file(tensors: dict[str, Tensor], meta: dict[str, str], path: str | Path
+                     ) -> tuple[dict, dict, dict | None]:
+    """An exported model file's (generator config, control config, ``selected_t`` record or None), checked before
+    anything is built: CTSR metadata, a control rank, the stage-2 tensors, finite weights."""
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"'{path}' is not a CTSR model file (format {meta.get('format')!r}; write one with "
+                          f"`ctsr export`)")
+    generator, control = json_meta(meta, "generator", path), json_meta(meta, "control", path)
+    if not isinstance(control.get("rank"), int) or control["rank"] < 1:
+        raise ConfigError(f"'{path}': metadata 'control' lacks a valid 'rank'")
+    selected = json_meta(meta, "selected_t", path) if "selected_t" in meta else None
+    if selected is not None and not isinstance(selected.get("t"), (int, float)):
+        raise ConfigError(f"'{path}': metadata 'selected_t' lacks a number 't'")
+    if not isinstance(generator.get("pretrained", ""), str):
+        raise ConfigError(f"'{path}': metadata 'generator' has no valid 'pretrained' entry")
+    if not any(k.startswith("stage2.") for k in tensors):
+        raise ConfigError(f"'{path}' lacks the stage-2 (control) LoRA tensors of a CTSR model file")
+    require_finite(tensors, path)
+    return generator, control, selected
+
+
+def generator_from_config(cfg: dict, pretrained: str | None = None, osediff_lora: str | None = None
+                          ) -> OneStepGenerator:
+    """The generator a stored config describes; ``pretrained``/``osediff_lora`` override the stored locations
+    (``osediff_lora=""``: none). Options that older files lack are filled with what they were trained with."""
+    cfg = dict(cfg)
+    if pretrained is not None:
+        cfg["pretrained"] = pretrained
+    if osediff_lora is not None:
+        cfg["osediff_lora"] = osediff_lora or None
+    return OneStepGenerator.from_config(cfg)
 
 
 def control_kwargs(stored: dict, control_steps: int | None = None) -> dict:

@@ -13,13 +13,11 @@ import os
 from pathlib import Path
 
 from ctsr.checkpoints import (
-    json_meta,
     load_checkpoint,
-    read_safetensors,
     require_finite,
 )
 from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe
-from ctsr.models.control import FORMAT, ControllableSR, control_kwargs, load_into
+from ctsr.models.control import ControllableSR, control_kwargs, generator_from_config, load_into
 from ctsr.models.generator import OneStepGenerator
 
 
@@ -38,12 +36,7 @@ class Stage1Only(ControllableSR):
 def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> OneStepGenerator:
     if not cfg:
         raise ConfigError("the checkpoint does not record its generator config (written by an older ctsr?)")
-    cfg = dict(cfg)
-    if pretrained is not None:
-        cfg["pretrained"] = pretrained
-    if osediff_lora is not None:
-        cfg["osediff_lora"] = osediff_lora or None
-    return OneStepGenerator.from_config(cfg)  # fills options that older files lack with what they were trained with
+    return generator_from_config(cfg, pretrained, osediff_lora)
 
 
 def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
@@ -62,7 +55,6 @@ def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: st
         raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit`, a .safetensors "
                                   f"from `ctsr export`, a CTSR folder or a Hub id owner/name)")
     if path.suffix == ".safetensors":
-        check_model_file(path)
         try:
             return ControllableSR.load(path, pretrained, osediff_lora, control_steps=control_steps)
         except CTSRError:
@@ -75,24 +67,6 @@ def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: st
     if control_steps is not None and getattr(model, "supports_control", True):
         model.control_steps = control_steps
     return model
-
-
-def check_model_file(path: str | Path) -> None:
-    """An exported model file, checked before it is built: readable safetensors, CTSR metadata, finite weights."""
-    tensors, meta = read_safetensors(path, "model file")
-    if meta.get("format") != FORMAT:
-        raise ConfigError(f"'{path}' is not a CTSR model file (format {meta.get('format')!r}; write one with "
-                          f"`ctsr export`)")
-    generator, control = json_meta(meta, "generator", path), json_meta(meta, "control", path)
-    if not isinstance(control.get("rank"), int) or control["rank"] < 1:
-        raise ConfigError(f"'{path}': metadata 'control' lacks a valid 'rank'")
-    if "selected_t" in meta and not isinstance(json_meta(meta, "selected_t", path).get("t"), (int, float)):
-        raise ConfigError(f"'{path}': metadata 'selected_t' lacks a number 't'")
-    if not isinstance(generator.get("pretrained", ""), str):
-        raise ConfigError(f"'{path}': metadata 'generator' has no valid 'pretrained' entry")
-    if not any(k.startswith("stage2.") for k in tensors):
-        raise ConfigError(f"'{path}' lacks the stage-2 (control) LoRA tensors of a CTSR model file")
-    require_finite(tensors, path)
 
 
 def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lora: str | None = None,

@@ -178,17 +178,21 @@ class OneStepGenerator(nn.Module):
             self.unet.enable_gradient_checkpointing()
             self.vae.encoder.gradient_checkpointing = True
 
-    @classmethod
-    def from_config(cls, config: dict, **overrides) -> OneStepGenerator:
-        """Rebuild from a saved ``config`` (checkpoint or exported file). Files written before ``lora_alpha``,
-        ``train_conv_in`` and ``lr_upsample`` existed were trained with alpha = rank, a frozen ``conv_in`` and
-        torch's bicubic: those are filled in when absent, so old files keep their function."""
+    @staticmethod
+    def complete_config(config: dict) -> dict:
+        """A saved ``config`` (checkpoint or exported file) as it was trained. Files written before
+        ``lora_alpha``, ``train_conv_in`` and ``lr_upsample`` existed were trained with alpha = rank, a frozen
+        ``conv_in`` and torch's bicubic: those are filled in when absent."""
         cfg = dict(config)
         cfg.setdefault("lora_alpha", float(cfg.get("lora_rank", 4)))
         cfg.setdefault("train_conv_in", False)
         cfg.setdefault("lr_upsample", "torch")
-        cfg.update(overrides)
-        return cls(**cfg)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config: dict, **overrides) -> OneStepGenerator:
+        """Rebuild from a saved ``config`` (:meth:`complete_config`: old files keep their function)."""
+        return cls(**{**cls.complete_config(config), **overrides})
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def batch_context(self, batch: int, context: Tensor | None = None) -> Tensor:
