@@ -156,6 +156,8 @@ def test_upscale_computes_the_velocity_once(tmp_path):
     x = torch.rand(1, 3, 16, 16)
     outs = up(x, [0, 0.25, 0.5, 0.75, 1])
     assert calls.take() == 2
+    up(x, [0])
+    assert calls.take() == 1                          # t = 0 alone: the stage-1 pass only, no velocity
     state = up.prepare(x)
     assert calls.take() == 2 and state.velocity is not None
     again = up.render(state, 0.75)

@@ -35,6 +35,7 @@ from torch import Tensor
 from ctsr.errors import ConfigError, MissingWeightsError, check
 from ctsr.evaluation.tables import SWEEP_METHOD, Row, Table, read_table, write_table
 from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
+from ctsr.inference.tiling import lr_multiple, pad_to_multiple
 from ctsr.metrics import DEFAULT_METRICS, MetricSuite, column_name
 
 DEFAULT_T = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -42,24 +43,12 @@ DEFAULT_T = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 # -- SR images of a batch ------------------------------------------------------------------------------------------
 def pad_multiple(pl_module: L.LightningModule) -> int:
-    """LR sides are padded to a multiple of this: the latent (LR/2) a multiple of the UNet's downsampling, and at
-    least 8 (as ``ctsr upscale``)."""
-    from ctsr.inference.tiling import unet_alignment
-
+    """LR sides are padded to a multiple of this (:func:`~ctsr.inference.tiling.lr_multiple`, as ``ctsr upscale``);
+    8 for a module without a diffusers UNet."""
     model = getattr(pl_module, "model", None)
     gen = getattr(model, "generator", None) or getattr(pl_module, "generator", None)
     unet = getattr(gen, "unet", None)
-    return max(8, 2 * unet_alignment(unet)) if unet is not None and hasattr(unet, "config") else 8
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad (B, C, h, w) at the bottom and right to sides that are multiples of ``multiple`` (reflect; replicate
-    where the image is too small to reflect)."""
-    h, w = x.shape[-2:]
-    pad = (0, (-w) % multiple, 0, (-h) % multiple)
-    if not any(pad):
-        return x
-    return F.pad(x, pad, mode="reflect" if pad[1] < w and pad[3] < h else "replicate")
+    return lr_multiple(unet) if unet is not None and hasattr(unet, "config") else 8
 
 
 def controllable(pl_module: L.LightningModule) -> bool:

@@ -48,6 +48,24 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return arr
 
 
+def peek_size(path: str | Path) -> tuple[int, int] | None:
+    """(w, h) of an image from its file header, upright (EXIF orientations that swap the sides), without decoding
+    the pixels — nor PIL's decompression-bomb limit: callers bound sizes themselves. None when the header is
+    unreadable (:func:`read_image` reports why)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return w, h
+    except Exception:  # noqa: BLE001 — any failure here is reported, with its reason, when the image is read
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def read_image(path: str | Path) -> Tensor:
     """(3,H,W) float32 in [0,1], upright (EXIF orientation applied). Raises :class:`UnreadableImage`."""
     path = Path(path)

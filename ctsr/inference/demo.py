@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, read_image, write_image
+from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, peek_size, read_image, write_image
 from ctsr.errors import ConfigError, check, describe
 from ctsr.inference import upscale
 from ctsr.inference.upscale import Upscaler, UpscaleState, t_suffix
@@ -87,25 +87,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _upload_size(path: Path) -> tuple[int, int] | None:
-    """(w, h) from the header, without decoding the pixels (a 'decompression bomb' is never decoded); None when
-    the header is unreadable (then the read reports why)."""
-    from PIL import Image
-
-    previous = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None  # the limit here is --max-pixels, checked before any decode
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                w, h = h, w
-            return w, h
-    except Exception:  # noqa: BLE001 — reported by read_image
-        return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
 @dataclass
 class Upload:
     """What one upload keeps between slider moves: the t-independent state and where its files go."""
@@ -128,7 +109,7 @@ class Demo:
         """(upload, LR as PNG, bicubic ×4 as PNG, message); upload None and the message says why on bad input."""
         path = Path(path)
         name = name or path.name
-        size = _upload_size(path)
+        size = peek_size(path)  # from the header: a too-large upload is never decoded
         if size is not None and size[0] * size[1] > self.max_pixels:
             w, h = size
             return None, None, None, (

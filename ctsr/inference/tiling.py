@@ -55,6 +55,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctsr.errors import check
@@ -340,6 +341,22 @@ def tiled_map(
 def unet_alignment(unet) -> int:
     """The UNet's total downsampling (8 for SD 2.1-base): latent sizes and tile starts keep to multiples of it."""
     return 2 ** (len(unet.config.block_out_channels) - 1)
+
+
+def lr_multiple(unet) -> int:
+    """LR sides are padded to a multiple of this: latent sides (LR/2) a multiple of the UNet's downsampling, and
+    at least 8."""
+    return max(8, 2 * unet_alignment(unet))
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad (B, C, h, w) at the bottom and right to sides that are multiples of ``multiple`` (reflect; replicate
+    where the image is too small to reflect). Crop the ×4 output back to (4h, 4w)."""
+    h, w = x.shape[-2:]
+    pad = (0, (-w) % multiple, 0, (-h) % multiple)
+    if not any(pad):
+        return x
+    return F.pad(x, pad, mode="reflect" if pad[1] < w and pad[3] < h else "replicate")
 
 
 def vae_factor(vae) -> int:

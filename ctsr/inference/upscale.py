@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, read_image, write_image
+from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, peek_size, read_image, write_image
 from ctsr.errors import ConfigError, CTSRError, check, describe
 from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
-from ctsr.inference.tiling import SHARED_NORMS, tiled_inference, unet_alignment
+from ctsr.inference.tiling import SHARED_NORMS, lr_multiple, pad_to_multiple, tiled_inference
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -166,26 +166,21 @@ class Upscaler:
     def pad_multiple(self) -> int:
         """LR sides are padded to a multiple of this: latent sides (LR/2) a multiple of the UNet's downsampling,
         and at least 8."""
-        return max(8, 2 * unet_alignment(self.model.generator.unet))
+        return lr_multiple(self.model.generator.unet)
 
     @torch.no_grad()
-    def prepare(self, x_lr: Tensor) -> "UpscaleState":
+    def prepare(self, x_lr: Tensor, with_velocity: bool = True) -> "UpscaleState":
         """Everything about x_LR (B, 3, h, w) in [0, 1] that does not depend on t: the padded input, z0 = G_TS(x_LR)
-        and, when the model's velocity does not depend on t, v (one student pass). Then :meth:`render` any t."""
+        and, when the model's velocity does not depend on t, v (one student pass; ``with_velocity=False`` skips it, for
+        a caller that renders t = 0 only). Then :meth:`render` any t."""
         x = x_lr.to(self.device, torch.float32)
         h, w = x.shape[-2:]
-        m = self.pad_multiple
-        pad = (0, (-w) % m, 0, (-h) % m)
-        if any(pad):
-            mode = "reflect" if pad[1] < w and pad[3] < h else "replicate"
-            x_pad = F.pad(x, pad, mode=mode)
-        else:
-            x_pad = x
+        x_pad = pad_to_multiple(x, self.pad_multiple)
         gen, velocity = self.model.generator, None
         with tiled_inference(gen, **self.tiling):
             with _running(gen, self.teacher_unet):
                 z0 = gen.latent(x_pad.to(self.dtype), sample=False)         # z0 = G_TS(x_LR), DESIGN §6
-            if self.student_unet is not None and getattr(self.model, "constant_velocity", False):
+            if with_velocity and self.student_unet is not None and getattr(self.model, "constant_velocity", False):
                 with _running(gen, self.student_unet):
                     velocity = self.model.control_velocity(z0)               # v: one pass for every t
         reference = None
@@ -211,7 +206,7 @@ class Upscaler:
         """x_LR (B, 3, h, w) in [0, 1], any h, w → one SR batch (B, 3, 4h, 4w) in [0, 1] (float32, on the device)
         per t in ``ts``; z0 (and the velocity, when it does not depend on t) computed once for all t."""
         ts = check_t_values(self.model, ts)
-        state = self.prepare(x_lr)
+        state = self.prepare(x_lr, with_velocity=any(t > 0 for t in ts))  # t = 0 alone: the stage-1 pass only
         return [self.render(state, t) for t in ts]
 
 
@@ -332,20 +327,6 @@ def plan_jobs(source: Path, output: Path, ts: list[float], fmt: str, overwrite: 
     return jobs, kept
 
 
-def _peek_size(path: Path) -> tuple[int, int]:
-    """(h, w) from the file header, upright; (0, 0) when the header is unreadable (the read reports why)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
-                w, h = h, w
-            return h, w
-    except Exception:  # noqa: BLE001 — any failure here is reported, with its reason, when the image is read
-        return 0, 0
-
-
 def _write(x: Tensor, path: Path, quality: int) -> None:
     """Write through a temporary file, so an interrupted run leaves no half-written image."""
     tmp = path.with_name(f".{path.name}.part")
@@ -364,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=Path, help="an image file, or a folder (searched recursively)")
     p.add_argument("output", type=Path, help="output file (for one input file) or folder; never inside INPUT")
-    p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, a CTSR "
-                   "folder, or a Hugging Face Hub id owner/name[@revision]")
+    p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, "
+                   "a CTSR folder, or a Hugging Face Hub id owner/name[@revision]")
     p.add_argument("--t", type=float, nargs="+", default=[0.0], metavar="T",
                    help="control value(s) in [0, 1], default 0; several write <name>_t<T>.<ext> each")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
@@ -428,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                         shared_norms=args.shared_norms)
 
     # equal sizes go through the network together; the header tells the size without decoding the image
-    jobs.sort(key=lambda j: _peek_size(j.source))
+    jobs.sort(key=lambda j: (peek_size(j.source) or (0, 0))[::-1])  # (h, w); unreadable first
     failed: list[tuple[Path, str]] = list(unusable)
     done = written = 0
     bar = tqdm(total=len(jobs), unit="img", desc="upscale", disable=not args.input.is_dir(), file=sys.stderr)
