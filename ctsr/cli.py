@@ -28,6 +28,7 @@ TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-l
     "push": ("ctsr.models.hub", "publish a trained model on the Hugging Face Hub with a generated model card"),
     "score": ("ctsr.evaluation.score", "score a folder of SR images (OSEDiff's protocol) into a metrics table"),
     "select-t": ("ctsr.evaluation.select_t", "choose t on a validation sweep by a stated rule; record it in the model"),
+    "convert-ncnn": ("ctsr.models.ncnn", "convert a Real-ESRGAN RRDBNet from ncnn files (.param/.bin) to a .pth"),
 }
 _LOCKS: list = []  # the run locks this process holds; main() releases them however it ends
 

@@ -15,6 +15,17 @@ from ctsr.errors import MissingWeightsError
 # torchvision's VGG16 ImageNet weights, the LPIPS(vgg) backbone.
 VGG16_FILE = "vgg16-397923af.pth"
 
+# NIQE's pristine-image parameters as BasicSR's sdist ships them (basicsr 1.4.2, basicsr/metrics/): fetched into
+# ctsr's own cache by `make mini-weights` (ctsr.mini.assets), so NIQE works with no download from pyiqa's host.
+NIQE_BASICSR_FILE = "niqe_pris_params.npz"
+
+
+def ctsr_cache() -> Path:
+    """ctsr's own cache of files fetched from package registries: ``$CTSR_CACHE``, else ``~/.cache/ctsr``."""
+    import os
+
+    return Path(os.environ.get("CTSR_CACHE") or Path.home() / ".cache" / "ctsr").expanduser()
+
 
 def torch_hub_checkpoints() -> Path:
     """The folder torchvision and torch.hub read cached checkpoints from (``$TORCH_HOME/hub/checkpoints``)."""

@@ -168,6 +168,22 @@ def _niqe_random_params(folder: Path, seed: int = 0) -> Path:
     return path
 
 
+def _niqe_pretrained_params(folder: Path) -> Path:
+    """pyiqa's ``niqe_modelparameters.mat`` when cached; else BasicSR's ``niqe_pris_params.npz`` (the same MATLAB
+    pristine model, as BasicSR's niqe.py uses it) written as the ``.mat`` pyiqa's NIQE reads."""
+    from ctsr.metrics.weight_files import niqe_parameters
+
+    path, _ = niqe_parameters()
+    if path.suffix == ".mat":
+        return path
+    import scipy.io
+
+    params = np.load(path)
+    out = folder / "niqe_basicsr_params.mat"
+    scipy.io.savemat(out, {"mu_prisparam": params["mu_pris_param"], "cov_prisparam": params["cov_pris_param"]})
+    return out
+
+
 def build_scorer(name: str, weights: Weights = "pretrained") -> nn.Module:
     """The per-image scorer of a learned or parametric metric (lpips, lpips_vgg, dists, niqe, musiq, maniqa,
     clipiqa).
@@ -201,11 +217,9 @@ def build_scorer(name: str, weights: Weights = "pretrained") -> nn.Module:
                 net = _pyiqa_net(name)
             return _frozen(PyiqaScore(net, full_reference=True, name=name))
         if name == "niqe":
-            if random:
-                with tempfile.TemporaryDirectory() as tmp:  # NIQE reads the file in its constructor
-                    net = _pyiqa_net(name, pretrained_model_path=str(_niqe_random_params(Path(tmp))))
-            else:
-                net = _pyiqa_net(name)
+            with tempfile.TemporaryDirectory() as tmp:  # NIQE reads the file in its constructor
+                params = _niqe_random_params(Path(tmp)) if random else _niqe_pretrained_params(Path(tmp))
+                net = _pyiqa_net(name, pretrained_model_path=str(params))
             return _frozen(PyiqaScore(net, full_reference=False, min_size=NIQE_MIN_SIZE, name=name))
         if name == "musiq":
             net = _pyiqa_net(name, pretrained=False) if random else _pyiqa_net(name)

@@ -50,6 +50,11 @@ def protocol_line(names: Sequence[str], color_space: ColorSpace = "y", crop_bord
         space = "Y (BT.601, pyiqa ycbcr" if color_space == "y" else "RGB (pyiqa"
         parts.append(f"PSNR/SSIM on {space}; SSIM on 8-bit levels, cs clipped at 0), crop border {crop_border}")
     parts += [_PROTOCOL[n] for n in METRIC_NAMES if n in names and n in _PROTOCOL]
+    if "niqe" in names and weights == "pretrained":
+        from ctsr.metrics.weight_files import NIQE_PYIQA
+
+        if not NIQE_PYIQA.present():
+            parts = [p + " with BasicSR's pristine parameters" if p == _PROTOCOL["niqe"] else p for p in parts]
     line = "OSEDiff test_metrics.py / pyiqa: " + "; ".join(parts)
     line += "; images rounded to 8 bit" if quantize else "; float images"
     if weights == "random":

@@ -13,6 +13,8 @@ Folders (all resolved when checked, so ``TORCH_HOME`` / ``HF_HOME`` set before t
 - ``$TORCH_HOME/hub/clip``: OpenAI CLIP RN50, which pyiqa's CLIP-IQA loads.
 - the Hugging Face hub cache, ``$HF_HOME/hub``: timm's ViT-B/8 that pyiqa's MANIQA builds before loading its own
   checkpoint.
+- ctsr's cache (``$CTSR_CACHE``, default ``~/.cache/ctsr``): NIQE's pristine parameters from BasicSR's sdist, which
+  ``make mini-weights`` fetches from PyPI. NIQE uses pyiqa's own file when it is cached, else these.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctsr.errors import MissingWeightsError
-from ctsr.weights import VGG16_FILE, torch_hub_checkpoints
+from ctsr.weights import NIQE_BASICSR_FILE, VGG16_FILE, ctsr_cache, torch_hub_checkpoints
 
 # pyiqa hosts its files on the Hugging Face repo chaofengc/IQA-PyTorch-Weights (arch_util.get_url_from_name).
 _PYIQA_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
@@ -65,6 +67,8 @@ class WeightFile:
     repo: str = ""
 
     def folder(self) -> Path:
+        if self.store == "ctsr":
+            return ctsr_cache()
         if self.store == "torch_hub":
             return torch_hub_checkpoints()
         if self.store == "pyiqa":
@@ -92,6 +96,9 @@ class WeightFile:
                 f"`hf download {self.repo} {self.file}` or `ctsr.metrics.download_weights(['{self.metric}'])`; "
                 f"set HF_HOME to use another cache)."
             )
+        if self.store == "ctsr":
+            return (f"metric '{self.metric}' needs {self.what}: '{self.file}' not found in '{self.folder()}'; "
+                    f"write it with {self.source} (set CTSR_CACHE to use another folder).")
         return (
             f"metric '{self.metric}' needs {self.what}: weight file '{self.file}' not found. Put it in "
             f"'{self.folder()}' (download: {self.source}); set TORCH_HOME to use another folder."
@@ -116,6 +123,24 @@ def _pyiqa(metric: str, file: str, what: str) -> WeightFile:
     return WeightFile(metric, file, "pyiqa", what, _PYIQA_URL + file)
 
 
+class EitherFile(WeightFile):
+    """A metric satisfied by either of two files: this one (preferred) or ``other``."""
+
+    def __init__(self, first: WeightFile, other: WeightFile) -> None:
+        super().__init__(first.metric, first.file, first.store, first.what, first.source, first.repo)
+        object.__setattr__(self, "other", other)
+
+    def present(self) -> bool:
+        return super().present() or self.other.present()
+
+    def message(self) -> str:
+        return super().message() + " Or: " + self.other.message()
+
+
+NIQE_PYIQA = _pyiqa("niqe", "niqe_modelparameters.mat", "the NIQE pristine-image model parameters (pyiqa)")
+NIQE_BASICSR = WeightFile("niqe", NIQE_BASICSR_FILE, "ctsr", "the NIQE pristine-image parameters shipped in "
+                          "BasicSR's sdist (basicsr 1.4.2)", "`make mini-weights` (python -m ctsr.mini.assets)")
+
 # File names as in each library's default_model_urls (tests/test_metrics.py checks them against the installed code).
 REQUIRED_FILES: dict[str, tuple[WeightFile, ...]] = {
     "psnr": (),
@@ -126,7 +151,7 @@ REQUIRED_FILES: dict[str, tuple[WeightFile, ...]] = {
     "lpips_vgg": (_vgg("lpips_vgg"),),
     "dists": (_vgg("dists"), _pyiqa("dists", "DISTS_weights-f5e65c96.pth", "the DISTS weights (pyiqa)")),
     "fid": (_pyiqa("fid", "pt_inception-2015-12-05-6726825d.pth", "the FID Inception-v3 (pytorch-fid port, pyiqa)"),),
-    "niqe": (_pyiqa("niqe", "niqe_modelparameters.mat", "the NIQE pristine-image model parameters (pyiqa)"),),
+    "niqe": (EitherFile(NIQE_PYIQA, NIQE_BASICSR),),
     "musiq": (_pyiqa("musiq", "musiq_koniq_ckpt-e95806b9.pth", "the MUSIQ KonIQ-10k checkpoint (pyiqa)"),),
     "maniqa": (
         _pyiqa("maniqa", "MANIQA_PIPAL-ae6d356b.pth", "the MANIQA PIPAL checkpoint (pyiqa)"),
@@ -135,6 +160,17 @@ REQUIRED_FILES: dict[str, tuple[WeightFile, ...]] = {
     ),
     "clipiqa": (WeightFile("clipiqa", "RN50.pt", "clip", "OpenAI CLIP RN50", _CLIP_RN50_URL),),
 }
+
+
+def niqe_parameters() -> tuple[Path, str]:
+    """(file, source) of NIQE's pristine parameters: pyiqa's ``niqe_modelparameters.mat`` when cached, else
+    BasicSR's ``niqe_pris_params.npz`` in ctsr's cache; :class:`MissingWeightsError` when neither is there."""
+    if NIQE_PYIQA.present():
+        return NIQE_PYIQA.folder() / NIQE_PYIQA.file, "pyiqa niqe_modelparameters.mat"
+    if NIQE_BASICSR.present():
+        return NIQE_BASICSR.folder() / NIQE_BASICSR.file, "BasicSR 1.4.2 niqe_pris_params.npz"
+    check_weights(["niqe"])
+    raise AssertionError("unreachable")
 
 
 def missing_files(metrics: list[str] | tuple[str, ...]) -> list[WeightFile]:

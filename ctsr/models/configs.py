@@ -12,7 +12,8 @@ from pathlib import Path
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
 VAE_SCALING_FACTOR = 0.18215
 TINY = "tiny"
-SD21_RANDOM = "sd21-random"  # the SD 2.1-base architecture, random init (benchmarks without weights)
+SD21_RANDOM = "sd21-random"
+MINI = "mini"  # the mini world's base model, shipped in the package (ctsr/mini/weights/base, diffusers layout)  # the SD 2.1-base architecture, random init (benchmarks without weights)
 
 TINY_UNET = dict(
     sample_size=8,
@@ -49,6 +50,39 @@ TINY_TEXT = dict(
     max_position_embeddings=77,
     projection_dim=32,
 )
+
+
+# The mini world's base (ctsr.mini.pretrain): the same classes at CPU size. Its VAE keeps SD's 8× reduction with 16
+# latent channels (as SD 3): a small autoencoder trained for minutes on a CPU cannot squeeze 8×8×3 pixels into 4
+# numbers well enough for the fidelity end (a linear 8×8 codec: 4 channels 24 dB, 16 channels 28 dB on photos).
+MINI_LATENT_CHANNELS = 16
+MINI_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(32, 64, 64, 64),
+    layers_per_block=1,
+    latent_channels=MINI_LATENT_CHANNELS,
+    norm_num_groups=16,
+    mid_block_add_attention=False,
+    sample_size=128,
+    scaling_factor=1.0,
+)
+MINI_UNET = dict(
+    sample_size=16,
+    in_channels=MINI_LATENT_CHANNELS,
+    out_channels=MINI_LATENT_CHANNELS,
+    layers_per_block=1,
+    block_out_channels=(64, 128, 128),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=32,
+    use_linear_projection=True,
+)
+MINI_TEXT = dict(TINY_TEXT, vocab_size=2 * 256 + 2, bos_token_id=512, eos_token_id=513, pad_token_id=513)
 
 
 # stabilityai/stable-diffusion-2-1-base, unet/config.json and vae/config.json (diffusers defaults left out)

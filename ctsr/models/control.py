@@ -233,13 +233,17 @@ class ControllableSR(nn.Module):
     def control_lora(self) -> dict[str, Tensor]:
         return {k: v.detach().cpu() for k, v in self.generator.unet.state_dict().items() if f".{CONTROL}." in k}
 
-    def export(self, path: str | Path) -> Path:
+    def export(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """One safetensors file: ``stage1.*`` (generator LoRA, unmerged), ``stage2.unet.*`` (control LoRA) and the
-        metadata that rebuilds the model (base model id, OSEDiff file, ranks, prompt, τ_max, K)."""
+        metadata that rebuilds the model (base model id, OSEDiff file, ranks, prompt, τ_max, K). ``dtype``: store
+        the floating-point tensors in it (``torch.float16`` halves the file; :meth:`load` reads them back into
+        float32 weights)."""
         from safetensors.torch import save_file
 
         tensors = {f"stage1.{k}": v.contiguous() for k, v in self.stage1_lora.items()}
         tensors.update({f"stage2.unet.{k}": v.contiguous() for k, v in self.control_lora().items()})
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         rank = next(v.shape[0] for k, v in self.control_lora().items() if "lora_A" in k)
         meta = {
             "format": FORMAT,

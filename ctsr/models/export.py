@@ -12,6 +12,8 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
 from ctsr.checkpoints import (
     load_checkpoint,
     require_finite,
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained", help="override the base model location stored in the checkpoint")
     parser.add_argument("--osediff-lora", help="override the OSEDiff LoRA file stored in the checkpoint")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--half", action="store_true",
+                        help="store the weights in float16 (half the size; loaded back into float32)")
     args = parser.parse_args(argv)
     out = Path(args.out).expanduser()
     if out.suffix != ".safetensors":
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"'{args.ckpt}' is a stage-1 checkpoint; export a stage-2 one")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.safetensors")
     try:  # through a temporary file: a killed export leaves no partial model file
-        model.export(tmp)
+        model.export(tmp, torch.float16 if args.half else None)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -129,6 +129,13 @@ class OneStepGenerator(nn.Module):
             0.3–0.4/255 on average).
         gradient_checkpointing: trade compute for memory in the UNet and the VAE encoder.
         seed: initialisation seed of the ``tiny`` models.
+        unet_training: ``lora`` (default: a LoRA of ``lora_rank`` on the pretrained UNet, OSEDiff's set-up) or
+            ``full`` (every UNet weight trains; for a randomly initialised UNet, as the mini world's, where a
+            low-rank update of random weights has nothing to adapt). The VAE encoder keeps its LoRA either way.
+        generator_timestep: τ_g, the timestep at which the UNet reads z_L (OSEDiff: 999). At 999 the step
+            ẑ0 = (z_L − √(1−ᾱ)·ε)/√ᾱ multiplies the UNet's error by 1/√ᾱ_999 = 14.6, which SD's pretrained UNet
+            absorbs; a UNet trained from random weights on a CPU does not (the mini world uses 100, where a zero
+            output already gives ẑ0 ≈ z_L and the UNet learns a correction).
     """
 
     def __init__(
@@ -144,9 +151,14 @@ class OneStepGenerator(nn.Module):
         lr_upsample: Literal["torch", "pil"] = "torch",
         gradient_checkpointing: bool = False,
         seed: int = 0,
+        unet_training: Literal["lora", "full"] = "lora",
+        generator_timestep: float = GENERATOR_TIMESTEP,
     ) -> None:
         super().__init__()
         check(lora_rank >= 1, "lora_rank", f"must be ≥ 1, got {lora_rank}")
+        check(unet_training in ("lora", "full"), "unet_training", f"must be lora or full, got {unet_training!r}")
+        check(0 <= generator_timestep <= GENERATOR_TIMESTEP, "generator_timestep",
+              f"must lie in [0, {GENERATOR_TIMESTEP}], got {generator_timestep}")
         check(vae_lora_rank >= 0, "vae_lora_rank", f"must be ≥ 0, got {vae_lora_rank}")
         check(lora_alpha > 0, "lora_alpha", f"must be > 0, got {lora_alpha}")
         check(latent_sampling in ("auto", "mode", "sample"), "latent_sampling", f"unknown value {latent_sampling!r}")
@@ -157,7 +169,10 @@ class OneStepGenerator(nn.Module):
         # what rebuilds this network without Lightning (saved in checkpoints and exported files)
         self.config = dict(pretrained=pretrained, osediff_lora=osediff_lora, lora_rank=lora_rank,
                            vae_lora_rank=vae_lora_rank, lora_alpha=float(lora_alpha), train_conv_in=bool(train_conv_in),
-                           prompt=prompt, latent_sampling=latent_sampling, lr_upsample=lr_upsample, seed=seed)
+                           prompt=prompt, latent_sampling=latent_sampling, lr_upsample=lr_upsample, seed=seed,
+                           unet_training=unet_training, generator_timestep=float(generator_timestep))
+        self.unet_training = unet_training
+        self.generator_timestep = float(generator_timestep)
         parts = load_sd_components(pretrained, seed=seed)
         if osediff_lora:
             load_osediff_lora(parts.unet, parts.vae, osediff_lora)
@@ -167,7 +182,10 @@ class OneStepGenerator(nn.Module):
         self.prompts = PromptEncoder(parts.text_encoder, parts.tokenizer)
         self.register_buffer("context", self.prompts.encode(prompt), persistent=False)
         self.schedule = NoiseSchedule()
-        add_lora(self.unet, lora_rank, UNET_TARGETS, ADAPTER, alpha=lora_alpha)
+        if unet_training == "lora":
+            add_lora(self.unet, lora_rank, UNET_TARGETS, ADAPTER, alpha=lora_alpha)
+        else:
+            self.unet.requires_grad_(True)
         if vae_lora_rank:
             add_lora(self.vae, vae_lora_rank, VAE_ENCODER_TARGETS, ADAPTER, alpha=lora_alpha)
         for p in lora_parameters(self):
@@ -187,6 +205,8 @@ class OneStepGenerator(nn.Module):
         cfg.setdefault("lora_alpha", float(cfg.get("lora_rank", 4)))
         cfg.setdefault("train_conv_in", False)
         cfg.setdefault("lr_upsample", "torch")
+        cfg.setdefault("unet_training", "lora")
+        cfg.setdefault("generator_timestep", float(GENERATOR_TIMESTEP))
         return cfg
 
     @classmethod
@@ -244,8 +264,8 @@ class OneStepGenerator(nn.Module):
     def latent(self, x_lr: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """ẑ0 of the one-step generator: (B,3,h,w) in [0,1] → (B,4,h/2,w/2)."""
         z_l = self.lr_latent(x_lr, generator, sample)
-        eps = self.eps(z_l, GENERATOR_TIMESTEP)
-        return self.schedule.x0_from_eps(z_l, eps, GENERATOR_TIMESTEP)
+        eps = self.eps(z_l, self.generator_timestep)
+        return self.schedule.x0_from_eps(z_l, eps, self.generator_timestep)
 
     def forward(self, x_lr: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """x_LR (B,3,h,w) in [0,1] → (x̂ (B,3,4h,4w) in [0,1], ẑ0 (B,4,h/2,w/2))."""

@@ -85,13 +85,18 @@ def load_sd_components(
     if pretrained == configs.SD21_RANDOM:
         text = {**configs.SD21_TEXT, **tiny_vocab, "num_hidden_layers": 1}
         return _random_components(configs.SD21_UNET, configs.SD21_VAE, text, seed)
+    if pretrained == configs.MINI:  # the mini world's base, shipped inside the package (ctsr.mini)
+        from ctsr.mini import BASE
+
+        pretrained = str(BASE)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     what = f"Stable Diffusion base model '{pretrained}'"
-    unet = load_part(pretrained, "unet", UNet2DConditionModel, what, local_files_only)
-    vae = load_part(pretrained, "vae", AutoencoderKL, what, local_files_only)
-    text_encoder = load_part(pretrained, "text_encoder", CLIPTextModel, what, local_files_only)
+    fp32 = {"torch_dtype": torch.float32}  # fp16 files (the mini base, fp16 variants) are trained on in fp32
+    unet = load_part(pretrained, "unet", UNet2DConditionModel, what, local_files_only, **fp32)
+    vae = load_part(pretrained, "vae", AutoencoderKL, what, local_files_only, **fp32)
+    text_encoder = load_part(pretrained, "text_encoder", CLIPTextModel, what, local_files_only, **fp32)
     tokenizer = load_part(pretrained, "tokenizer", CLIPTokenizer, what, local_files_only)
     return SDComponents(unet, vae, text_encoder, tokenizer)
 

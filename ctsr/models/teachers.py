@@ -113,6 +113,7 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
     """An image-to-image SR model from ``spec``, or a module/callable as is. Strings:
 
     * ``bicubic``;
+    * ``mini``: the mini world's fidelity teacher shipped in the package (a compact L1-trained net, ctsr.mini);
     * ``resshift`` / ``sinsr``: ResShift v3 (4 steps) / SinSR v1 (1 step) from ``weights/`` (their release files
       ``resshift_realsrx4_s4_v3.pth`` / ``SinSR_v1.pth`` and ``autoencoder_vq_f4.pth``);
       ``resshift:NET[,AUTOENCODER]`` / ``sinsr:NET[,AUTOENCODER]`` from other paths (the autoencoder defaults to
@@ -123,6 +124,10 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
         return spec
     if spec == "bicubic":
         return Bicubic(scale)
+    if spec == "mini":
+        from ctsr.mini import FIDELITY
+
+        spec = str(FIDELITY)
     from ctsr.models import resshift
 
     parsed = resshift.parse_spec(spec)
