@@ -26,8 +26,9 @@ from ctsr.errors import ConfigError, MissingWeightsError, NonFiniteError, descri
 TMP_MARK = ".tmp-"  # temporary files: ".<name>.tmp-<pid>", never matched by "*.ckpt"
 
 
-def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
-    """A checkpoint as a dict of tensors and plain values; code in the file is never run."""
+def load_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> dict:
+    """A checkpoint as a dict of tensors and plain values; code in the file is never run. ``mmap``: the tensors are
+    mapped, not read (for a look at the plain values, e.g. ``global_step``, of large files)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"{what}: '{path}' not found")
@@ -35,7 +36,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     if size == 0:
         raise ConfigError(f"{what}: '{path}' is empty (0 bytes: an interrupted save?)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text or "not an allowed global" in text:

@@ -3,11 +3,12 @@ select-t).
 
 The model and the data module are chosen by ``class_path`` in the YAML (``experiments/*.yaml``). Every run lives
 in one folder, ``<save_dir>/<name>`` of its TensorBoard logger: event files, ``checkpoints/``, the resolved
-``config.yaml`` (a resume adds ``config.resume-N.yaml`` beside it, never overwriting it), ``run.lock`` while a
-process works in it and, after evaluation, the metric tables.
+``config.yaml`` (a resume adds ``config.resume-N.yaml`` beside it, never overwriting it), ``run.json`` (the run's
+id: a moved folder is adopted, a copied one refused unless ``--fork NAME``), ``run.lock`` while a process works in it
+and, after evaluation, the metric tables.
 
 Reliability (docs/reliability.md): checkpoints are read with ``weights_only=True`` (a pickle cannot run code) and
-written atomically; ``--ckpt_path last`` falls back to the newest readable checkpoint and never starts from step 0;
+written atomically; ``--ckpt_path last`` is the readable checkpoint with the highest recorded step, never step 0;
 a resume with other settings is refused unless ``--resume_with_changes true``; every float setting must be finite;
 SIGINT/SIGTERM save ``last.ckpt`` and exit 130/143; non-finite losses/gradients are skipped and stop the run after
 ``--nonfinite_patience`` in a row (:class:`ctsr.lit.common.RunGuard`).
@@ -40,8 +41,19 @@ def _lightning_cli(args: list[str] | None = None):
     from lightning.pytorch.plugins.io import CheckpointIO
 
     from ctsr.errors import non_finite_entries
-    from ctsr.lit.common import AtomicCheckpointIO, RunGuard
-    from ctsr.runs import RunLock, changed_keys, next_config_name, resolve_last
+    from ctsr.lit.common import AtomicCheckpointIO, RunGuard, checkpoint_targets
+    from ctsr.runs import (
+        RunLock,
+        adopt_run,
+        changed_keys,
+        fork_run_info,
+        new_run_info,
+        next_config_name,
+        read_run_info,
+        resolve_last,
+        stamp,
+        write_run_info,
+    )
 
     class CTSRCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -51,6 +63,10 @@ def _lightning_cli(args: list[str] | None = None):
             parser.add_argument("--nonfinite_patience", type=int, default=3,
                                 help="stop after this many optimiser steps in a row skipped for a non-finite loss "
                                      "or gradient (default 3)")
+            parser.add_argument("--fork", type=str | None, default=None,
+                                help="with `fit --ckpt_path`: continue that checkpoint as a new run NAME (same "
+                                     "save_dir, a new run id, the run it came from recorded in its run.json), e.g. "
+                                     "from a copied run folder")
 
         def _parse_ckpt_path(self) -> None:
             """Lightning would overlay a checkpoint's saved hyperparameters on the config. Here the YAML (saved as
@@ -62,6 +78,29 @@ def _lightning_cli(args: list[str] | None = None):
             for key, value in non_finite_entries(config):
                 if key != "config" and not key.startswith("config."):
                     raise ConfigError(f"{key}: must be a finite number, got {value}")
+            self._fork_source = None
+            if config.get("fork") is not None:
+                self._prepare_fork(config, str(config["fork"]))
+
+        def _prepare_fork(self, config, name: str) -> None:
+            """``--fork NAME``: the run named in the config is the source; the logger writes into NAME instead."""
+            if self.subcommand != "fit" or config.get("ckpt_path") is None:
+                raise ConfigError("--fork: only with `ctsr fit … --ckpt_path` (the checkpoint to continue as a new "
+                                  "run)")
+            if not name or name in (".", "..") or "/" in name or os.sep in name:
+                raise ConfigError(f"--fork: '{name}' must be a plain run name (no '/')")
+            logger = config.get("trainer.logger")
+            args = logger.get("init_args") if hasattr(logger, "get") else None
+            if args is None or args.get("name") in (None, "") or args.get("save_dir") is None:
+                raise ConfigError("--fork: needs a logger with a save_dir and a name (trainer.logger.init_args)")
+            version = args.get("version")
+            if version is None:
+                raise ConfigError("--fork: needs a fixed trainer.logger.init_args.version (e.g. \"\")")
+            if args["name"] == name:
+                raise ConfigError(f"--fork: '{name}' is the run's own name; give the new run another one")
+            version = version if isinstance(version, str) else f"version_{version}"
+            self._fork_source = Path(str(args["save_dir"])) / str(args["name"]) / version
+            config["trainer.logger.init_args.name"] = name
 
         def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
             patience = self._get(self.config_init, "nonfinite_patience", 3)
@@ -95,7 +134,7 @@ def _lightning_cli(args: list[str] | None = None):
 
         def _take_folder(self) -> Path:
             run_dir = self._run_dir()
-            if int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0:
+            if self._rank_zero():
                 _LOCKS.append(RunLock.acquire(run_dir))
             return run_dir
 
@@ -117,19 +156,56 @@ def _lightning_cli(args: list[str] | None = None):
             return loaded
 
         def before_fit(self) -> None:
-            run_dir = self._take_folder()
             ckpt = self.config_init[self.subcommand].get("ckpt_path")
-            saver = self._config_callback()
+            run_dir = self._run_dir()
             if ckpt is None:
-                ckpt_dir = self._ckpt_dir(run_dir)
-                if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+                self._take_folder()
+                if self._has_checkpoints(run_dir):
                     raise CTSRError(
-                        f"the run folder '{run_dir}' already holds checkpoints. Resume it with "
-                        f"`--ckpt_path last`, or start a new run with `--trainer.logger.init_args.name NEW_NAME`."
-                    )
+                        f"the run folder '{run_dir}' already holds checkpoints. Resume it with `--ckpt_path last`, "
+                        f"or start a new run with `--trainer.logger.init_args.name NEW_NAME`.")
+                self._start_run(run_dir, new_run_info(run_dir))
                 return
-            self._resolve_ckpt(ckpt, run_dir)
-            old_file = run_dir / "config.yaml"
+            fork = getattr(self, "_fork_source", None)
+            if fork is not None:
+                if self._explicit_ckpt_dir():
+                    raise ConfigError("--fork: the ModelCheckpoint's dirpath is set explicitly; a fork writes its "
+                                      "checkpoints into its own run folder (leave dirpath unset)")
+                # nothing is written before every check has passed: a refused fork leaves no folder behind
+                if self._has_checkpoints(run_dir):
+                    raise ConfigError(f"--fork: the run folder '{run_dir}' already holds checkpoints; choose another "
+                                      f"NAME for the new run")
+                loaded = self._resolve_ckpt(ckpt, fork)
+                if loaded is None:
+                    raise ConfigError(f"--fork: needs `--ckpt_path last` or a checkpoint file, got '{ckpt}'")
+                source = fork if str(ckpt) == "last" else _run_folder(Path(self._resolved_ckpt or fork))
+                self._check_settings(source, run_dir)
+                self._take_folder()
+                info = fork_run_info(run_dir, source, self._resolved_ckpt or str(ckpt), loaded)
+                self._start_run(run_dir, info, resumed=True, fresh=True)
+                return
+            self._take_folder()
+            loaded = self._resolve_ckpt(ckpt, run_dir)
+            info = adopt_run(run_dir, self._resolved_ckpt or str(ckpt), loaded) if self._rank_zero() else None
+            self._check_settings(run_dir, run_dir)
+            self._start_run(run_dir, info, resumed=True)
+
+        @staticmethod
+        def _rank_zero() -> bool:
+            return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
+
+        def _explicit_ckpt_dir(self) -> bool:
+            return getattr(self.trainer.checkpoint_callback, "dirpath", None) is not None
+
+        def _has_checkpoints(self, run_dir: Path) -> bool:
+            ckpt_dir = self._ckpt_dir(run_dir)
+            return ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt"))
+
+        def _check_settings(self, source: Path, run_dir: Path) -> None:
+            """A resume with other settings than the run's config.yaml (``source``: the forked run's) is refused
+            unless --resume_with_changes; the settings of each resume are kept as config.resume-N.yaml."""
+            saver = self._config_callback()
+            old_file = source / "config.yaml"
             if saver is None or not old_file.is_file():
                 return
             new = yaml.safe_load(saver.parser.dump(saver.config, skip_none=False))
@@ -138,11 +214,27 @@ def _lightning_cli(args: list[str] | None = None):
             if changed and not self.config_init[self.subcommand].get("resume_with_changes"):
                 shown = ", ".join(changed[:8]) + (" …" if len(changed) > 8 else "")
                 raise ConfigError(
-                    f"--ckpt_path: resuming '{run_dir}' with settings other than its config.yaml: {shown}. "
+                    f"--ckpt_path: resuming '{source}' with settings other than its config.yaml: {shown}. "
                     f"The optimiser and loops continue from the checkpoint; to resume anyway give "
                     f"--resume_with_changes true (the new settings are kept as config.resume-N.yaml), or start a "
                     f"new run")
-            saver.config_filename = next_config_name(run_dir, "resume")
+            if (run_dir / "config.yaml").is_file():
+                saver.config_filename = next_config_name(run_dir, "resume")
+
+        def _start_run(self, run_dir: Path, info: dict | None, resumed: bool = False, fresh: bool = False) -> None:
+            """Record the run's identity (run.json, rank 0) and have every checkpoint carry it; a resume moves the
+            callbacks' saved record of files onto this run's checkpoint folder (AtomicCheckpointIO)."""
+            if self._rank_zero() and info is not None:
+                if read_run_info(run_dir, strict=False) != info:
+                    write_run_info(run_dir, info)
+            else:
+                info = read_run_info(run_dir, strict=False)
+            io = self.trainer.strategy.checkpoint_io
+            if not isinstance(io, AtomicCheckpointIO):
+                return
+            trainer = self.trainer
+            io.set_run(stamp(info) if info else None, (lambda: checkpoint_targets(trainer)) if resumed else None,
+                       fresh)
 
         def _before_evaluation(self) -> None:
             run_dir = self._take_folder()
@@ -169,6 +261,12 @@ def _lightning_cli(args: list[str] | None = None):
         parser_kwargs={"description": "CTSR: controllable fidelity-realness trade-off distillation for x4 SR."
                        + "".join(f"\n  ctsr {k}: {v[1]}" for k, v in TOOLS.items())},
     )
+
+
+def _run_folder(ckpt: Path) -> Path:
+    """The run folder of a checkpoint file: ``runs/x`` for ``runs/x/checkpoints/last.ckpt``."""
+    parent = ckpt.parent
+    return parent.parent if parent.name == "checkpoints" else parent
 
 
 def _report(err: CTSRError) -> int:

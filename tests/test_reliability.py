@@ -423,6 +423,219 @@ def test_ckpt_path_last_falls_back_and_never_starts_from_zero(tmp_path, capsys):
         resolve_last(tmp_path / "runs" / "exq" / "checkpoints", tmp_path / "runs" / "exq")
 
 
+def test_ckpt_path_last_is_the_highest_recorded_step(tmp_path):
+    """By the step inside each file, not by name or time: a stale last.ckpt (a resume before run ids wrote
+    last-v1.ckpt beside it) loses to a later step; among equal steps last.ckpt wins."""
+    from ctsr.runs import resolve_last
+
+    run = tmp_path / "runs" / "b"
+    ckpts = run / "checkpoints"
+    atomic_save({"global_step": 6}, ckpts / "epoch=2-step=6.ckpt")
+    atomic_save({"global_step": 4}, ckpts / "last.ckpt")
+    atomic_save({"global_step": 2}, ckpts / "epoch=0-step=2.ckpt")   # the newest file, the lowest step
+    os.utime(ckpts / "epoch=2-step=6.ckpt", (1, 1))
+    warnings = []
+    path, ckpt = resolve_last(ckpts, run, warnings.append)
+    assert path.name == "epoch=2-step=6.ckpt" and ckpt["global_step"] == 6
+    assert len(warnings) == 1 and "last.ckpt' holds step 4" in warnings[0] and "step=6.ckpt' step 6" in warnings[0]
+    atomic_save({"global_step": 6}, ckpts / "last.ckpt")
+    warnings.clear()
+    assert resolve_last(ckpts, run, warnings.append)[0].name == "last.ckpt" and not warnings
+    (ckpts / "last.ckpt").write_bytes(b"garbage")                   # unreadable: the next step down, said so
+    path, _ = resolve_last(ckpts, run, warnings.append)
+    assert path.name == "epoch=2-step=6.ckpt" and warnings[0].startswith("--ckpt_path last: '") and \
+        "last.ckpt' " in warnings[0] and "resuming from the newest readable" in warnings[0]
+
+
+def test_a_moved_checkpoint_folder_keeps_last_ckpt_the_newest(tmp_path, recwarn):
+    """AtomicCheckpointIO moves the resumed ModelCheckpoint state onto the folder it writes to now: after a move,
+    two resumes overwrite last.ckpt (no last-v1.ckpt, no -vN duplicates, no step trained twice) and end on the
+    weights of an uninterrupted run; every checkpoint records the run."""
+    import shutil
+
+    from ctsr.lit.common import checkpoint_targets
+
+    ref, _ = _toy_trainer(tmp_path / "ref", steps=8)
+    reference = _toy_module(set())
+    ref.fit(reference)
+    trainer, _ = _toy_trainer(tmp_path / "a", steps=4)
+    trainer.fit(_toy_module(set()))
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    last = tmp_path / "b" / "ckpt" / "last.ckpt"
+    for steps in (6, 8):
+        trainer, _ = _toy_trainer(tmp_path / "b", steps=steps)
+        trainer.strategy.checkpoint_io.set_run({"id": "r1", "path": str(tmp_path / "b")},
+                                               lambda t=trainer: checkpoint_targets(t))
+        module = _toy_module(set())
+        trainer.fit(module, ckpt_path=str(last))
+        assert load_checkpoint(last)["global_step"] == steps
+    assert sorted(p.name for p in last.parent.iterdir()) == [f"epoch=0-step={s}.ckpt" for s in range(1, 9)] + [
+        "last.ckpt"]
+    assert torch.equal(module.w.detach(), reference.w.detach())
+    assert load_checkpoint(last)["ctsr_run"] == {"id": "r1", "path": str(tmp_path / "b")}
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+
+
+def test_checkpoint_state_is_moved_onto_the_current_folder():
+    from ctsr.lit.common import move_checkpoint_state
+
+    old, new = "runs/a/checkpoints", "/x/runs/b/checkpoints"
+    state = {"dirpath": old, "last_model_path": f"{old}/last.ckpt", "best_model_path": f"{old}/epoch=1-step=4.ckpt",
+             "kth_best_model_path": "/elsewhere/k.ckpt", "best_model_score": None,
+             "best_k_models": {f"{old}/epoch=1-step=4.ckpt": 0.5}}
+    ckpt = {"callbacks": {"MC{a}": dict(state), "MC{other}": dict(state), "RunGuard": {"rng": 1}}}
+    move_checkpoint_state(ckpt, {"MC{a}": (new, "last.ckpt"), "RunGuard": (new, None)})
+    moved = ckpt["callbacks"]["MC{a}"]
+    assert moved["dirpath"] == new and moved["last_model_path"] == f"{new}/last.ckpt"
+    assert moved["best_model_path"] == f"{new}/epoch=1-step=4.ckpt"
+    assert moved["best_k_models"] == {f"{new}/epoch=1-step=4.ckpt": 0.5}
+    assert moved["kth_best_model_path"] == "/elsewhere/k.ckpt"          # not in the run's folder: left alone
+    assert ckpt["callbacks"]["MC{other}"] == state and ckpt["callbacks"]["RunGuard"] == {"rng": 1}
+    move_checkpoint_state(ckpt, {"MC{other}": (new, "last.ckpt")}, fresh=True)   # a fork: its own record of files
+    assert ckpt["callbacks"]["MC{other}"] == {"dirpath": new, "best_model_score": None, "best_model_path": ""}
+    # a versioned last-vN.ckpt (a folder resumed before run ids) or none recorded yet: last.ckpt again, unless a
+    # second callback writes last.ckpt into the same folder (then Lightning's versions are theirs)
+    for recorded in (f"{old}/last-v2.ckpt", ""):
+        ckpt = {"callbacks": {"MC{a}": dict(state, last_model_path=recorded)}}
+        move_checkpoint_state(ckpt, {"MC{a}": (new, "last.ckpt")})
+        assert ckpt["callbacks"]["MC{a}"]["last_model_path"] == f"{new}/last.ckpt"
+        ckpt = {"callbacks": {"MC{a}": dict(state, last_model_path=recorded)}}
+        move_checkpoint_state(ckpt, {"MC{a}": (new, "last.ckpt"), "MC{b}": (new, "last.ckpt")})
+        assert ckpt["callbacks"]["MC{a}"]["last_model_path"] == (f"{new}/last-v2.ckpt" if recorded else "")
+
+
+def test_a_folder_damaged_before_run_ids_gets_its_last_ckpt_back(tmp_path):
+    """A folder moved and resumed before this fix holds last-v1.ckpt at the newest step beside a stale last.ckpt:
+    `--ckpt_path last` takes the newest step, and the next resume writes last.ckpt again (no last-v2.ckpt)."""
+    import shutil
+
+    from ctsr.lit.common import checkpoint_targets
+    from ctsr.runs import resolve_last
+
+    ref, _ = _toy_trainer(tmp_path / "ref", steps=8)
+    reference = _toy_module(set())
+    ref.fit(reference)
+    trainer, _ = _toy_trainer(tmp_path / "a", steps=4)
+    trainer.fit(_toy_module(set()))
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    ckpts = tmp_path / "b" / "ckpt"
+    trainer, _ = _toy_trainer(tmp_path / "b", steps=6)                  # as before: Lightning alone
+    trainer.fit(_toy_module(set()), ckpt_path=str(ckpts / "last.ckpt"))
+    damaged = sorted(p.name for p in ckpts.iterdir())
+    path, _ = resolve_last(ckpts, tmp_path / "b", lambda msg: None)
+    assert load_checkpoint(path)["global_step"] == 6
+    trainer, _ = _toy_trainer(tmp_path / "b", steps=8)
+    trainer.strategy.checkpoint_io.set_run(None, lambda: checkpoint_targets(trainer))
+    module = _toy_module(set())
+    trainer.fit(module, ckpt_path=str(path))
+    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 8
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(damaged + ["epoch=0-step=7.ckpt", "epoch=0-step=8.ckpt"])
+    assert resolve_last(ckpts, tmp_path / "b")[0].name == "last.ckpt"
+    assert torch.equal(module.w.detach(), reference.w.detach())
+
+
+def test_run_ids_tell_a_copied_folder_from_a_moved_one(tmp_path):
+    import shutil
+
+    from ctsr.runs import (
+        adopt_run,
+        fork_run_info,
+        new_run_info,
+        read_run_info,
+        stamp,
+        write_run_info,
+    )
+
+    a, b, c = (tmp_path / "runs" / n for n in "abc")
+    info = new_run_info(a)
+    write_run_info(a, info)
+    ckpt = {"global_step": 4, "ctsr_run": stamp(info)}
+    assert adopt_run(a, "last.ckpt", ckpt) == info
+    shutil.copytree(a, b)                                               # a copy: both would continue one run
+    with pytest.raises(ConfigError, match=r"'.*runs/b' is a copy of the run in '.*runs/a' .*--fork NAME"):
+        adopt_run(b, "last.ckpt", ckpt)
+    assert adopt_run(a, "last.ckpt", ckpt) == info                      # the original resumes as before
+    other = {"id": "f" * 32, "path": "/elsewhere/runs/x"}               # a checkpoint of another run
+    with pytest.raises(ConfigError, match="belongs to another run .*never mixed"):
+        adopt_run(a, "x.ckpt", {"ctsr_run": other})
+    with pytest.raises(ConfigError, match=r"belongs to the run in '.*runs/a'"):
+        adopt_run(tmp_path / "runs" / "new", "x.ckpt", ckpt)           # a's checkpoint resumed in a new folder
+    shutil.rmtree(b)
+    a.rename(c)                                                         # moved or renamed: adopted
+    moved = adopt_run(c, "last.ckpt", ckpt)
+    assert moved["id"] == info["id"] and moved["path"] == str(c.resolve())
+    legacy = adopt_run(tmp_path / "runs" / "old", "last.ckpt", {"global_step": 2})   # from before run ids
+    assert legacy["id"] != info["id"] and legacy["path"] == str((tmp_path / "runs" / "old").resolve())
+    fork = fork_run_info(tmp_path / "runs" / "f", c, c / "checkpoints" / "last.ckpt", ckpt)
+    assert fork["id"] != info["id"] and fork["parent"]["id"] == info["id"] and fork["parent"]["step"] == 4
+    write_run_info(tmp_path / "runs" / "f", fork)
+    assert read_run_info(tmp_path / "runs" / "f") == fork
+    (c / "run.json").write_text("{broken")
+    with pytest.raises(ConfigError, match="run.json' is not readable"):
+        adopt_run(c, "last.ckpt", ckpt)
+
+
+def test_a_copied_run_folder_is_refused_and_a_fork_needs_a_free_name(workdir, capsys):
+    """As the user sees it (`ctsr fit`): one line each, nothing written."""
+    import shutil
+
+    from ctsr.runs import new_run_info, stamp, write_run_info
+
+    base = ["fit", "--config", "experiments/tiny_stage1.yaml", "--trainer.logger.init_args.save_dir", "runs",
+            "--trainer.logger.init_args.name", "a"]
+    with pytest.raises(SystemExit):
+        main(base + ["--print_config"])
+    a = workdir / "runs" / "a"
+    (a / "checkpoints").mkdir(parents=True)
+    (a / "config.yaml").write_text(capsys.readouterr().out)
+    info = new_run_info(a)
+    write_run_info(a, info)
+    atomic_save({"global_step": 2, "state_dict": {}, "ctsr_run": stamp(info)}, a / "checkpoints" / "last.ckpt")
+    shutil.copytree(a, workdir / "runs" / "b")
+    listing = sorted(p.relative_to(workdir) for p in (workdir / "runs").rglob("*"))
+    copy = base[:-1] + ["b", "--ckpt_path", "last"]
+    assert main(copy) == 2
+    line = _one_line_error(capsys, "is a copy of the run in")
+    assert "--fork NAME" in line and str(a) in line
+    assert main(copy + ["--fork", "a"]) == 2                             # the fork's folder holds checkpoints
+    _one_line_error(capsys, "--fork: the run folder 'runs/a' already holds checkpoints")
+    assert main(base[:-1] + ["nothing", "--ckpt_path", "last", "--fork", "c"]) == 2   # no checkpoint to fork
+    _one_line_error(capsys, "no checkpoint in")
+    assert main(base + ["--fork", "c"]) == 2
+    _one_line_error(capsys, "--fork: only with `ctsr fit … --ckpt_path`")
+    assert sorted(p.relative_to(workdir) for p in (workdir / "runs").rglob("*")) == listing   # nothing written
+
+
+def test_export_and_upscale_name_the_step_they_use(tmp_path, capsys, tiny_controllable):
+    from PIL import Image
+
+    model = tiny_controllable()
+    state = {f"model.generator.unet.{k}": v.detach().clone()
+             for k, v in model.generator.unet.named_parameters() if v.requires_grad}
+    ckpts = tmp_path / "runs" / "b" / "checkpoints"
+
+    def save(step, name):
+        atomic_save({"state_dict": state, "ctsr_generator_config": model.generator.config, "global_step": step,
+                     "ctsr_stage1_lora": model.stage1_lora, "ctsr_control": model.control_config}, ckpts / name)
+
+    save(4, "last.ckpt")                      # a folder damaged before run ids: last.ckpt stale, step 6 beside it
+    save(6, "epoch=2-step=6.ckpt")
+    assert main(["export", str(ckpts / "last.ckpt"), str(tmp_path / "m.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert f"ctsr export: using step 4 of {ckpts / 'last.ckpt'} (note: '{ckpts / 'epoch=2-step=6.ckpt'}' beside " \
+           f"it holds step 6)" in err
+    assert main(["export", str(tmp_path / "runs" / "b"), str(tmp_path / "m2.safetensors")]) == 0  # the run folder
+    assert f"ctsr export: using step 6 of {ckpts / 'epoch=2-step=6.ckpt'}" in capsys.readouterr().err
+    save(6, "last.ckpt")
+    Image.new("RGB", (16, 16), (120, 30, 200)).save(tmp_path / "in.png")
+    assert main(["upscale", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--ckpt",
+                 str(tmp_path / "runs" / "b")]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "using step" in x]
+    assert lines == [(f"ctsr upscale: using step 6 of {ckpts / 'last.ckpt'} (the newest checkpoint of "
+                      f"'{tmp_path / 'runs' / 'b'}')")]
+    assert (tmp_path / "out.png").is_file()
+
+
 def test_run_lock_refuses_a_second_run_and_takes_over_stale_ones(tmp_path, capsys):
     from ctsr.runs import LOCK, RunLock
 
@@ -697,3 +910,124 @@ def test_ablation_runner_survives_a_kill_at_any_moment(workdir, moment):
     _, rows = sweep.collect("ablation-distill", "tiny", "runs", "results")
     assert rows[0]["run"] == "without-distill" and rows[0]["psnr"] != ""
     assert float(rows[0]["psnr"]) == pytest.approx(sweep.read_metrics(run.folder / "metrics.csv")[0.0]["psnr"])
+
+
+# -- slow: a run folder renamed, copied or moved between file systems, resumed twice ------------------------------
+STAGE1 = ["fit", "--config", "experiments/tiny_stage1.yaml", "--trainer.logger.init_args.save_dir", "runs"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, sample_dir):
+    """An uninterrupted 8-step tiny stage-1 run: (per-step losses, final weights), which every renamed, copied and
+    forked, or moved run must repeat bit for bit."""
+    root = tmp_path_factory.mktemp("reference")
+    (root / "data").mkdir()
+    (root / "data" / "samples").symlink_to(sample_dir)
+    (root / "experiments").symlink_to(ROOT / "experiments")
+    (root / "ref.yaml").write_text(FAST_RUN.format(steps=8, log=root / "ref.jsonl"))
+    p = _ctsr(STAGE1 + ["--config", "ref.yaml", "--trainer.logger.init_args.name", "ref"], root)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return _losses(root / "ref.jsonl"), _weights(root / "runs" / "ref" / "checkpoints" / "last.ckpt")
+
+
+def _first_four_steps(workdir) -> Path:
+    (workdir / "cut.yaml").write_text(FAST_RUN.format(steps=4, log=workdir / "cut.jsonl"))
+    p = _ctsr(STAGE1 + ["--config", "cut.yaml", "--trainer.logger.init_args.name", "a"], workdir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return workdir / "runs" / "a"
+
+
+def _resume_twice(workdir, first: list[str], second: list[str], ckpt_dir: Path, reference) -> None:
+    """Resume to step 6 with ``first``, to step 8 with ``second``: last.ckpt is the newest step after each, no
+    versioned duplicate appears, and losses and weights are the uninterrupted run's, bit for bit."""
+    for steps, argv in ((6, first), (8, second)):
+        p = _ctsr(STAGE1 + ["--config", "cut.yaml", *argv, "--ckpt_path", "last", "--trainer.max_steps", str(steps)],
+                  workdir)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "Traceback" not in p.stderr and "dirpath has changed" not in p.stderr, p.stderr[-3000:]
+        assert load_checkpoint(ckpt_dir / "last.ckpt")["global_step"] == steps
+    names = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
+    assert not [n for n in names if "-v" in n], names
+    ref_losses, ref_weights = reference
+    assert _losses(workdir / "cut.jsonl") == ref_losses
+    weights = _weights(ckpt_dir / "last.ckpt")
+    assert weights.keys() == ref_weights.keys() and all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+
+
+@pytest.mark.slow
+def test_a_renamed_run_resumes_from_where_it_stopped(workdir, reference_run, capsys):
+    """The issue's case: 4 steps in runs/a, the folder renamed runs/b (and its name in config.yaml), resumed to 6
+    and to 8 — last.ckpt at 6 then 8, no last-v1.ckpt or -v1 duplicates, the uninterrupted run's losses and weights;
+    `ctsr upscale` of the run folder names the step it uses."""
+    a = _first_four_steps(workdir)
+    run_id = json.loads((a / "run.json").read_text())["id"]
+    b = workdir / "runs" / "b"
+    a.rename(b)
+    (b / "config.yaml").write_text((b / "config.yaml").read_text().replace("name: a\n", "name: b\n"))
+    name = ["--trainer.logger.init_args.name", "b"]
+    _resume_twice(workdir, name, name, b / "checkpoints", reference_run)
+    assert sorted(p.name for p in (b / "checkpoints").glob("*.ckpt")) == [
+        "epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    assert json.loads((b / "run.json").read_text()) | {"created": None} == {"id": run_id, "path": str(b.resolve()),
+                                                                             "created": None}
+    assert load_checkpoint(b / "checkpoints" / "last.ckpt")["ctsr_run"] == {"id": run_id, "path": str(b.resolve())}
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (120, 30, 200)).save(workdir / "in.png")
+    assert main(["upscale", "in.png", "out.png", "--ckpt", "runs/b"]) == 0
+    assert "ctsr upscale: using step 8 of runs/b/checkpoints/last.ckpt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_copied_run_is_refused_and_forked_on_request(workdir, reference_run):
+    """runs/a copied to runs/a2: resuming the copy is refused in one line (nothing written); `--fork f` continues
+    the copy's checkpoint as the new run runs/f (a new id, its lineage in run.json), resumed again: exact."""
+    import shutil
+
+    a = _first_four_steps(workdir)
+    source = json.loads((a / "run.json").read_text())
+    copy = workdir / "runs" / "a2"
+    shutil.copytree(a, copy)
+    listing = sorted(p.relative_to(workdir) for p in (workdir / "runs").rglob("*"))
+    p = _ctsr(STAGE1 + ["--config", "cut.yaml", "--trainer.logger.init_args.name", "a2", "--ckpt_path", "last",
+                        "--trainer.max_steps", "6"], workdir)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    line = [x for x in p.stderr.splitlines() if x.startswith("ctsr")][-1]
+    assert line.startswith("ctsr: error: 'runs/a2' is a copy of the run in") and "--fork NAME" in line, line
+    assert sorted(p.relative_to(workdir) for p in (workdir / "runs").rglob("*")) == listing
+    f = workdir / "runs" / "f"
+    _resume_twice(workdir, ["--trainer.logger.init_args.name", "a2", "--fork", "f"],
+                  ["--trainer.logger.init_args.name", "f"], f / "checkpoints", reference_run)
+    info = json.loads((f / "run.json").read_text())
+    assert info["id"] != source["id"] and info["path"] == str(f.resolve())
+    assert info["parent"] == {"id": source["id"], "path": str(copy.resolve()), "step": 4,
+                              "checkpoint": str((copy / "checkpoints" / "last.ckpt").resolve())}
+    assert sorted(p.name for p in (f / "checkpoints").glob("*.ckpt")) == [
+        "epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    assert sorted(p.relative_to(workdir) for p in copy.rglob("*")) == [
+        x for x in listing if x.parts[:2] == ("runs", "a2") and x != Path("runs", "a2")]   # the copy untouched
+
+
+@pytest.mark.slow
+def test_a_run_moved_to_another_file_system_resumes_exactly(workdir, reference_run):
+    """runs/a moved to another file system (/dev/shm; a copy and a delete, not a rename) and resumed there twice
+    with the new save_dir: adopted silently, exact. Skipped when /dev/shm is on the same file system."""
+    import shutil
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(workdir).st_dev:
+        pytest.skip(f"no second file system: /dev/shm and '{workdir}' are on one")
+    other = Path(tempfile.mkdtemp(prefix="ctsr-move-", dir=shm))
+    try:
+        a = _first_four_steps(workdir)
+        run_id = json.loads((a / "run.json").read_text())["id"]
+        moved = other / "runs" / "a"
+        shutil.move(str(a), str(moved))
+        assert not a.exists() and os.stat(moved).st_dev != os.stat(workdir).st_dev
+        where = ["--trainer.logger.init_args.save_dir", str(other / "runs"), "--trainer.logger.init_args.name", "a"]
+        _resume_twice(workdir, where, where, moved / "checkpoints", reference_run)
+        assert json.loads((moved / "run.json").read_text())["id"] == run_id
+        assert json.loads((moved / "run.json").read_text())["path"] == str(moved.resolve())
+    finally:
+        shutil.rmtree(other, ignore_errors=True)

@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="an image file, or a folder (searched recursively)")
     p.add_argument("output", type=Path, help="output file (for one input file) or folder; never inside INPUT")
     p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, "
-                   "a CTSR folder, or a Hugging Face Hub id owner/name[@revision]")
+                   "a run folder (its newest checkpoint), a CTSR folder, or a Hugging Face Hub id "
+                   "owner/name[@revision]")
     p.add_argument("--t", type=float, nargs="+", default=[0.0], metavar="T",
                    help="control value(s) in [0, 1], default 0; several write <name>_t<T>.<ext> each")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
@@ -380,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from ctsr.models.export import load_model
+    from ctsr.models.export import load_model, report_source
 
     args = build_parser().parse_args(argv)
     check(1 <= args.quality <= 100, "--quality", f"must lie in [1, 100], got {args.quality}")
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                  if unusable else ""))
         return 1 if unusable else 0
     device = resolve_device(args.device)  # before loading: a wrong device fails fast
-    model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
+    model = load_model(report_source(args.ckpt, "ctsr upscale"), args.pretrained, args.osediff_lora)
     check_t_values(model, ts)
     if args.control_steps is not None:
         model.control_steps = args.control_steps

@@ -4,10 +4,13 @@ step saved, the random state that makes a resume exact) and :class:`AtomicCheckp
 from __future__ import annotations
 
 import math
+import os
 import random
+import re
 import signal
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +95,91 @@ def adamw(params, lr: float, betas: tuple[float, float], weight_decay: float) ->
 # -- checkpoint files ------------------------------------------------------------------------------------------------
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written through a temporary file in their own folder (fsync, rename: never a partial file, even
-    with ``TMPDIR`` on another file system) and read with ``weights_only=True`` whatever the caller asks."""
+    with ``TMPDIR`` on another file system) and read with ``weights_only=True`` whatever the caller asks.
+
+    The CLI also tells it the run (:meth:`set_run`): every checkpoint then records the run's id and folder
+    (``ctsr_run``), and a resumed checkpoint's ModelCheckpoint state is moved onto the folders the callbacks write
+    to now (:func:`move_checkpoint_state`) — a run folder that was renamed, moved or forked keeps ``last.ckpt`` as
+    its newest step (Lightning drops that state when its ``dirpath`` changed, and then writes ``last-v1.ckpt``
+    beside the old ``last.ckpt``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run: dict | None = None
+        self._targets: Callable[[], Mapping[str, tuple[str, str | None]]] | None = None
+        self._fresh = False
+
+    def set_run(self, run: dict | None, targets: Callable[[], Mapping[str, tuple[str, str | None]]] | None = None,
+                fresh: bool = False) -> None:
+        """``run``: recorded in every checkpoint written. ``targets``: called when a checkpoint is loaded (the
+        callbacks are set up by then), :func:`checkpoint_targets` of the trainer. ``fresh`` (a fork): the callbacks
+        start their own record of files instead of continuing the source run's."""
+        self.run, self._targets, self._fresh = run, targets, fresh
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if self.run is not None:
+            checkpoint = {**checkpoint, "ctsr_run": dict(self.run)}
         atomic_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return load_checkpoint(path, "ckpt_path")
+        checkpoint = load_checkpoint(path, "ckpt_path")
+        if self._targets is not None:
+            move_checkpoint_state(checkpoint, self._targets(), self._fresh)
+        return checkpoint
+
+
+def checkpoint_targets(trainer: L.Trainer) -> dict[str, tuple[str, str | None]]:
+    """Each ModelCheckpoint of ``trainer`` by its ``state_key``: (its ``dirpath``, the name of its last checkpoint —
+    ``last.ckpt`` — or None when it writes none or the name is a template)."""
+    out = {}
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            last = None
+            if cb.save_last and "{" not in cb.CHECKPOINT_NAME_LAST:
+                last = cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION
+            out[cb.state_key] = (str(cb.dirpath), last)
+    return out
+
+
+_CHECKPOINT_PATHS = ("last_model_path", "best_model_path", "kth_best_model_path")
+
+
+def move_checkpoint_state(checkpoint: dict, targets: Mapping[str, tuple[str, str | None]], fresh: bool = False) -> None:
+    """Move the saved state of each ModelCheckpoint (by its ``state_key``) onto ``targets``' folder it writes to
+    now: its ``dirpath`` and the files it recorded there (``last_model_path``, ``best_model_path``,
+    ``kth_best_model_path``, ``best_k_models``; the same file names). Its last checkpoint is ``last.ckpt`` again
+    where the state names none or a versioned ``last-vN.ckpt`` (a folder resumed before this, or a checkpoint
+    written before the first ``last.ckpt``) and no other callback writes ``last.ckpt`` into that folder.
+    ``fresh``: an empty record in that folder instead (a fork's)."""
+    callbacks = checkpoint.get("callbacks")
+    if not isinstance(callbacks, dict):
+        return
+    lasts = [os.path.join(d, last) for d, last in targets.values() if last]
+    for key, state in list(callbacks.items()):
+        if key not in targets or not isinstance(state, dict) or "dirpath" not in state:
+            continue
+        new, last = targets[key]
+        if fresh:
+            callbacks[key] = {"dirpath": new, "best_model_score": None, "best_model_path": ""}
+            continue
+        old = Path(str(state.get("dirpath")))
+
+        def moved(file, old=old, new=new):
+            return os.path.join(new, Path(file).name) if file and Path(str(file)).parent == old else file
+
+        state = dict(state, dirpath=new)
+        for field in _CHECKPOINT_PATHS:
+            if field in state:
+                state[field] = moved(state[field])
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
+        if last and lasts.count(os.path.join(new, last)) == 1:
+            stem, ext = os.path.splitext(last)
+            current = str(state.get("last_model_path") or "")
+            if not current or (Path(current).parent == Path(new)
+                               and re.fullmatch(re.escape(stem) + r"-v\d+" + re.escape(ext), Path(current).name)):
+                state["last_model_path"] = os.path.join(new, last)
+        callbacks[key] = state
 
 
 # -- the run guard ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -43,11 +44,15 @@ def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> O
 
 def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
                control_steps: int | None = None) -> ControllableSR:
-    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a CTSR folder or a
-    Hub id ``owner/name[@revision]`` (:func:`ctsr.models.hub.load_pretrained`, which comes back here with the
-    downloaded file). Every loader goes through this function: tensors only, metadata and finiteness checked.
-    ``control_steps`` overrides the stored K."""
+    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a run folder (its
+    newest readable checkpoint by recorded step), a CTSR folder or a Hub id ``owner/name[@revision]``
+    (:func:`ctsr.models.hub.load_pretrained`, which comes back here with the downloaded file). Every loader goes
+    through this function: tensors only, metadata and finiteness checked. ``control_steps`` overrides the stored K."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        from ctsr.runs import model_source
+
+        path = Path(model_source(path)[0])  # a run folder: its newest readable checkpoint by recorded step
     if not path.is_file():
         from ctsr.models.hub import load_pretrained, parse_hub_id
 
@@ -96,11 +101,23 @@ def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lor
     return Stage1Only.from_stage1(generator, stage1).eval()
 
 
+def report_source(spec: str | Path, tool: str) -> str | Path:
+    """The file ``tool`` loads for ``spec`` (a run folder: its newest checkpoint), and one line on stderr naming the
+    step a checkpoint holds: "ctsr export: using step 6 of runs/b/checkpoints/last.ckpt"."""
+    from ctsr.runs import model_source
+
+    source, step, note = model_source(spec, warn=lambda msg: print(f"{tool}: warning: {msg}", file=sys.stderr))
+    if step is not None:
+        print(f"{tool}: using step {step} of {source}" + (f" ({note})" if note else ""), file=sys.stderr)
+    return source
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ctsr export", description="Write a stage-2 checkpoint as one safetensors file (stage-1 LoRA + "
         "stage-2 LoRA + the config that rebuilds it), loadable with ControllableSR.load — no Lightning needed.")
-    parser.add_argument("ckpt", help="stage-2 checkpoint (runs/<name>/checkpoints/last.ckpt)")
+    parser.add_argument("ckpt", help="stage-2 checkpoint (runs/<name>/checkpoints/last.ckpt), or the run folder "
+                        "runs/<name> (its newest checkpoint by recorded step)")
     parser.add_argument("out", help="output .safetensors file")
     parser.add_argument("--pretrained", help="override the base model location stored in the checkpoint")
     parser.add_argument("--osediff-lora", help="override the OSEDiff LoRA file stored in the checkpoint")
@@ -115,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"out: '{out}' exists (use --force to overwrite)")
     if Path(args.ckpt).expanduser().resolve() == out.resolve():
         raise ConfigError(f"out: '{out}' is the input file")
-    model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
+    source = report_source(args.ckpt, "ctsr export")
+    model = load_model(source, args.pretrained, args.osediff_lora)
     if isinstance(model, Stage1Only):
-        raise ConfigError(f"'{args.ckpt}' is a stage-1 checkpoint; export a stage-2 one")
+        raise ConfigError(f"'{source}' is a stage-1 checkpoint; export a stage-2 one")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.safetensors")
     try:  # through a temporary file: a killed export leaves no partial model file
         model.export(tmp, torch.float16 if args.half else None)
