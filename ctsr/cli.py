@@ -7,11 +7,13 @@ in one folder, ``<save_dir>/<name>`` of its TensorBoard logger: event files, ``c
 id: a moved folder is adopted, a copied one refused unless ``--fork NAME``), ``run.lock`` while a process works in it
 and, after evaluation, the metric tables.
 
-Reliability (docs/reliability.md): checkpoints are read with ``weights_only=True`` (a pickle cannot run code) and
-written atomically; ``--ckpt_path last`` is the readable checkpoint with the highest recorded step, never step 0;
-a resume with other settings is refused unless ``--resume_with_changes true``; every float setting must be finite;
-SIGINT/SIGTERM save ``last.ckpt`` and exit 130/143; non-finite losses/gradients are skipped and stop the run after
-``--nonfinite_patience`` in a row (:class:`ctsr.lit.common.RunGuard`).
+Reliability (docs/reliability.md): checkpoints and the metric/backbone weight caches are read with
+``weights_only=True`` (a pickle cannot run code); checkpoints, exports, tables and images are written atomically, a
+full disk or a read-only folder is one line naming the path; ``--ckpt_path last`` is the readable checkpoint with
+the highest recorded step, never step 0; a resume with other settings is refused unless ``--resume_with_changes
+true``; every float setting must be finite; SIGINT/SIGTERM save ``last.ckpt`` and exit 130/143; non-finite
+losses/gradients are skipped and stop the run after ``--nonfinite_patience`` in a row
+(:class:`ctsr.lit.common.RunGuard`).
 """
 from __future__ import annotations
 
@@ -156,8 +158,11 @@ def _lightning_cli(args: list[str] | None = None):
             return loaded
 
         def before_fit(self) -> None:
+            from ctsr.checkpoints import check_writable
+
             ckpt = self.config_init[self.subcommand].get("ckpt_path")
             run_dir = self._run_dir()
+            check_writable(self._ckpt_dir(run_dir), "checkpoints")  # before any step: a read-only folder is one line
             if ckpt is None:
                 self._take_folder()
                 if self._has_checkpoints(run_dir):
@@ -279,6 +284,23 @@ def _report(err: CTSRError) -> int:
     return err.exit_code
 
 
+def _file_system_error(err: BaseException) -> CTSRError | None:
+    """One line for an ``OSError`` with a file name in ``err``'s chain that the user acts on outside ctsr (no
+    space, quota, read-only file system, permissions), else None (a traceback: a bug to report)."""
+    import errno
+
+    from ctsr.errors import OutputError, shown
+
+    kinds = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+             errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+             errno.EPERM: "operation not permitted", errno.EFBIG: "file too large for the file system"}
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in kinds and err.filename is not None:
+            return OutputError(f"'{shown(err.filename)}': {kinds[err.errno]} ({errno.errorcode[err.errno]})")
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -301,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         cause = err
         while cause is not None and not isinstance(cause, CTSRError):
             cause = cause.__cause__ or cause.__context__
+        if cause is None:  # a full disk or a read-only folder met by a library's own writer (TensorBoard, …)
+            cause = _file_system_error(err)
         if cause is None or os.environ.get("CTSR_TRACEBACK"):
             raise
         return _report(cause)

@@ -81,3 +81,20 @@ def describe(err: BaseException, limit: int = 200) -> str:
     """``Type: first line of the message`` of a library's exception, for wrapping it in a user-facing error."""
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__
+
+
+class OutputError(CTSRError, OSError):
+    """A file or folder cannot be written (full disk, read-only folder, no permission); the message names it and
+    says that nothing partial was left."""
+
+
+def shown(path: Any) -> str:
+    """A path as text that always prints: undecodable bytes of a file name (kept as surrogates by Python) are
+    written as ``\\xNN`` escapes instead of failing on a UTF-8 terminal."""
+    import os
+
+    try:
+        raw = os.fsencode(path)
+    except TypeError:
+        return str(path)
+    return raw.decode("utf-8", "backslashreplace")

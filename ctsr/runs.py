@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ctsr.checkpoints import TMP_MARK, fsync_dir, load_checkpoint
+from ctsr.checkpoints import TMP_MARK, check_writable, fsync_dir, load_checkpoint, output_error, sweep_temp_files
 from ctsr.errors import ConfigError, CTSRError, describe
 
 LOCK = "run.lock"
@@ -58,7 +58,11 @@ class RunLock:
     @classmethod
     def acquire(cls, folder: str | Path) -> RunLock:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        check_writable(folder, "run folder")  # a read-only or unwritable folder: one line, before any work
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise output_error("run folder", folder, err) from None
         path = folder / LOCK
         me = f"{os.getpid()} {_start_time(os.getpid())} {socket.gethostname()}"
         for _ in range(3):
@@ -84,11 +88,15 @@ class RunLock:
                       file=sys.stderr)
                 path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me + "\n")
-            for tmp in folder.rglob(f".*{TMP_MARK}*"):  # temporary files of a run that was killed while saving
-                if tmp.is_file():
-                    tmp.unlink(missing_ok=True)
+            except OSError as err:  # read-only, no permission, no space
+                raise output_error("run folder", path, err) from None
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(me + "\n")
+            except OSError as err:
+                path.unlink(missing_ok=True)
+                raise output_error("run folder", path, err) from None
+            sweep_temp_files(folder, recursive=True)  # temporary files of a run that was killed while saving
             return cls(path)
         raise ConfigError(f"could not take the lock '{path}' (another run keeps starting there?)")
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from ctsr.checkpoints import atomic_write, check_writable
 from ctsr.errors import ConfigError, MissingWeightsError, check
 from ctsr.evaluation.tables import SWEEP_METHOD, Row, Table, read_table, write_table
 from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
@@ -267,6 +268,7 @@ class TSweepEvaluation(Callback):
             if root is None:
                 root = Path(trainer.log_dir or trainer.default_root_dir) / "images"  # every rank asks (broadcast)
             self._image_dir = root / split
+            check_writable(self._image_dir, "save_images")  # an unwritable folder: one line before any image
 
     def _save(self, outputs: dict[float, Tensor], paths: Sequence[str]) -> None:
         from ctsr.data.images import write_image
@@ -279,8 +281,9 @@ class TSweepEvaluation(Callback):
                     f"one test set at a time when saving images"
                 )
             self._written[name] = path
-            for t, sr in outputs.items():
-                write_image(sr[i], self._image_dir / f"t={t:g}" / name)
+            for t, sr in outputs.items():  # through `.<name>.tmp-<pid>`: a full disk or a kill leaves no partial PNG
+                with atomic_write(self._image_dir / f"t={t:g}" / name, "save_images") as f:
+                    write_image(sr[i], f, format="PNG")
 
     def _batch(self, pl_module: L.LightningModule, batch: dict) -> None:
         x_lr, hr = batch["lr"], batch["hr"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -88,8 +89,9 @@ def read_image(path: str | Path) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def write_image(x: Tensor, path: str | Path, **save_kwargs) -> None:
-    """Save (3,H,W) in [0,1] as 8-bit; the format follows the extension."""
+def write_image(x: Tensor, path: str | Path | BinaryIO, **save_kwargs) -> None:
+    """Save (3,H,W) in [0,1] as 8-bit; the format follows the extension (an open file: give ``format``)."""
     arr = (x.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(path, (str, Path)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, **save_kwargs)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from ctsr.checkpoints import check_writable
 from ctsr.data.datasets import pair_key
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, read_image
-from ctsr.errors import ConfigError, DataError, check
+from ctsr.errors import ConfigError, DataError, check, shown
 from ctsr.evaluation.tables import Row, Table, read_table, write_table
 from ctsr.metrics import DEFAULT_METRICS, METRIC_NAMES, NO_REFERENCE, MetricSuite
 
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or Path(args.sr_dir).resolve().name
     check(bool(name) and "," not in name, "--name", f"a non-empty name without commas, got {name!r}")
     check(args.t is None or 0 <= args.t <= 1, "--t", f"must lie in [0, 1], got {args.t}")
+    check_writable(args.out, "--out")  # a read-only or unwritable table folder fails now, not after the scoring
     values, suite, n = score_folder(args.sr_dir, args.hr_dir, args.metrics, args.color_space, args.crop_border,
                                     args.metric_weights, resolve_device(args.device))
     settings = {"color_space": suite.color_space, "crop_border": suite.crop_border, "weights": suite.weights,
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if existing is not None:
         table.title = existing.title
     paths = write_table(args.out, table, args.stem)
-    print(f"{name}" + ("" if args.t is None else f" t={args.t:g}") + f" ({n} images): "
+    print(f"{shown(name)}" + ("" if args.t is None else f" t={args.t:g}") + f" ({n} images): "
           + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     print(f"protocol: {suite.protocol()}")
-    print(f"table: {paths[1]}", file=sys.stderr)
+    print(f"table: {shown(paths[1])}", file=sys.stderr)
     return 0

@@ -26,11 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
+import re
 from pathlib import Path
 
-from ctsr.errors import ConfigError, MissingWeightsError, check
+from ctsr.checkpoints import (
+    atomic_write_files,
+    check_writable,
+    read_safetensors,
+    safetensors_metadata,
+    sweep_temp_files,
+)
+from ctsr.errors import ConfigError, MissingWeightsError, check, shown
 from ctsr.evaluation.tables import SWEEP_METHOD, read_table
 from ctsr.metrics import HIGHER_IS_BETTER
 
@@ -84,38 +90,31 @@ def select_t(rows: dict[float, dict[str, float]], rule: str = "psnr-drop", max_p
 
 # -- the model file ------------------------------------------------------------------------------------------------
 def read_selection(path: str | Path) -> dict | None:
-    """The ``selected_t`` record of a model file (None when there is none)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        text = (f.metadata() or {}).get(METADATA_KEY)
+    """The ``selected_t`` record of a model file (None when there is none); only the file's header is read."""
+    text = safetensors_metadata(path, "--model").get(METADATA_KEY)
     return None if text is None else json.loads(text)
 
 
 def record_selection(path: str | Path, selection: dict) -> None:
-    """Rewrite the safetensors file ``path`` with the same tensors and metadata plus ``selected_t`` (atomically)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import save_file
+    """Rewrite the safetensors file ``path`` with the same tensors and metadata plus ``selected_t``: atomically,
+    through ``.<name>.tmp-<pid>`` in its folder (a full disk or a kill leaves the file as it was; a temporary file
+    left by a killed run is removed by the next one)."""
+    from safetensors.torch import save
 
     path = Path(path)
     if not path.is_file():
-        raise MissingWeightsError(f"--model: model file '{path}' not found")
-    check(path.suffix == ".safetensors", "--model", f"needs an exported .safetensors file (`ctsr export`), got '{path}'")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        raise ConfigError(f"--model: '{path}' is not a readable safetensors file ({err})") from None
+        raise MissingWeightsError(f"--model: model file '{shown(path)}' not found")
+    check(path.suffix == ".safetensors", "--model",
+          f"needs an exported .safetensors file (`ctsr export`), got '{shown(path)}'")
+    sweep_temp_files(path.parent, [path.name], legacy=[_legacy_temp(path.name)])
+    tensors, meta = read_safetensors(path, "--model")
     meta[METADATA_KEY] = json.dumps(selection)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_files([(path, save(tensors, metadata=meta))], "--model")
+
+
+def _legacy_temp(name: str) -> re.Pattern:
+    """Earlier versions' temporary name (``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")``)."""
+    return re.compile(r"^\." + re.escape(name) + r"\.[a-z0-9_]{8}\.tmp$")
 
 
 def selection_of(pl_module) -> dict | None:
@@ -149,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stem", default="metrics", help="the table's file name (metrics)")
     parser.add_argument("--dry-run", action="store_true", help="print the choice, do not write the model file")
     args = parser.parse_args(argv)
+    if not args.dry_run:  # the model file is rewritten in its folder: an unwritable folder fails before anything
+        check_writable(Path(args.model).parent, "--model")
     folder = Path(args.table)
     if folder.suffix in (".json", ".csv", ".md"):
         folder, args.stem = folder.parent, folder.stem
@@ -173,5 +174,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"selected t = {t:g} by {args.rule} {params} on {split}")
     if not args.dry_run:
         record_selection(args.model, selection)
-        print(f"recorded in '{args.model}' (metadata '{METADATA_KEY}')")
+        print(f"recorded in '{shown(args.model)}' (metadata '{METADATA_KEY}')")
     return 0

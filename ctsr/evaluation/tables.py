@@ -10,11 +10,11 @@ fidelity teacher's image), named as in the run tables; a value a row does not ha
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ctsr.checkpoints import atomic_write_files, sweep_temp_files
 from ctsr.errors import ConfigError
 from ctsr.metrics import METRIC_NAMES, column_name, protocol_line
 
@@ -93,17 +93,9 @@ def _header(name: str) -> str:
     return EXTRA_COLUMNS.get(name) or column_name(name)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_table(folder: str | Path, table: Table, stem: str = "metrics") -> list[Path]:
     """``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` in ``folder`` (each written atomically)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     names, plain = table.columns(), table.plain()
     lead = ["t"] if plain else ["method", "t"]
 
@@ -123,9 +115,17 @@ def write_table(folder: str | Path, table: Table, stem: str = "metrics") -> list
               "split": table.split,
               "rows": [{"method": r.method, "t": r.t, "values": r.values} for r in table.rows]}
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "json")]
-    for path, text in zip(paths, ("\n".join(lines) + "\n", "\n".join(md) + "\n", json.dumps(record, indent=1) + "\n")):
-        _atomic_write(path, text)
+    texts = ("\n".join(lines) + "\n", "\n".join(md) + "\n", json.dumps(record, indent=1) + "\n")
+    sweep_temp_files(folder, [p.name for p in paths], legacy=[_legacy_temp(p.name) for p in paths])
+    # the three as one change: every temporary file is written before the first rename (a full disk leaves the
+    # previous table whole), each through `.<name>.tmp-<pid>`, removed on failure
+    atomic_write_files([(p, t.encode("utf-8", "backslashreplace")) for p, t in zip(paths, texts)], "metrics table")
     return paths
+
+
+def _legacy_temp(name: str) -> re.Pattern:
+    """The temporary names of tables written by earlier versions (``tempfile.mkstemp(prefix=".<name>.")``)."""
+    return re.compile(r"^\." + re.escape(name) + r"\.[a-z0-9_]{8}$")
 
 
 def read_table(folder: str | Path, stem: str = "metrics") -> Table | None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,11 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctsr.checkpoints import atomic_write, check_writable, sweep_temp_files
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, peek_size, read_image, write_image
-from ctsr.errors import ConfigError, CTSRError, check, describe
+from ctsr.errors import ConfigError, CTSRError, check, describe, shown
 from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
 from ctsr.inference.tiling import SHARED_NORMS, lr_multiple, pad_to_multiple, tiled_inference
 
+# write errors that end the run (one line naming the file; the images written before are kept)
+STOPPING_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 REFERENCE_CELLS = 64 * 64  # latent pixels of one 512×512 output: the unit of ``batch_size`` for tiles
@@ -328,13 +333,23 @@ def plan_jobs(source: Path, output: Path, ts: list[float], fmt: str, overwrite: 
 
 
 def _write(x: Tensor, path: Path, quality: int) -> None:
-    """Write through a temporary file, so an interrupted run leaves no half-written image."""
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        write_image(x, tmp, **_save_options(path.suffix, quality))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write through ``.<name>.tmp-<pid>`` beside it, then rename: an interrupted run leaves no half-written image
+    (and the next run removes the temporary file a kill left)."""
+    with atomic_write(path, "OUTPUT") as f:
+        write_image(x, f, **_save_options(path.suffix, quality))
+
+
+def _prepare_outputs(jobs: list[Job]) -> None:
+    """Before the model is loaded: every output folder must take files (a read-only or unwritable one is one line
+    now, not a failure per image later), and temporary files that killed runs left for these outputs are removed
+    (``.<name>.tmp-<pid>``; earlier versions' ``.<name>.part``)."""
+    folders: dict[Path, set[str]] = {}
+    for job in jobs:
+        for p in job.outputs.values():
+            folders.setdefault(p.parent, set()).add(p.name)
+    for folder, names in sorted(folders.items()):
+        check_writable(folder, "OUTPUT")
+        sweep_temp_files(folder, names, legacy=[re.compile(r"^\." + re.escape(n) + r"\.part$") for n in names])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,9 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     hint = " (use --overwrite to replace them)" if kept else ""
     if not jobs:
         print(f"ctsr upscale: nothing to do, all {kept} output file(s) exist{hint}"
-              + (f"; {len(unusable)} input(s) not usable: " + ", ".join(str(p) for p, _ in unusable[:5])
+              + (f"; {len(unusable)} input(s) not usable: " + ", ".join(shown(p) for p, _ in unusable[:5])
                  if unusable else ""))
         return 1 if unusable else 0
+    _prepare_outputs(jobs)
     device = resolve_device(args.device)  # before loading: a wrong device fails fast
     model = load_model(report_source(args.ckpt, "ctsr upscale"), args.pretrained, args.osediff_lora)
     check_t_values(model, ts)
@@ -460,23 +476,26 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 for t, sr in zip(ts_group, results):
-                    job.outputs[t].parent.mkdir(parents=True, exist_ok=True)
-                    _write(sr[k], job.outputs[t], args.quality)
+                    _write(sr[k], job.outputs[t], args.quality)  # creates the folder; one OutputError if it cannot
                     written += 1
                 done += 1
             except OSError as err:
+                if err.errno in STOPPING_ERRORS:  # no space, read-only: every next image would fail the same way
+                    bar.close()  # the bar's line ends before the error line
+                    raise
                 fail(job, f"could not write: {describe(err)}")
         bar.update(len(group))
     bar.close()
 
-    summary = f"ctsr upscale: {done} of {len(jobs)} image(s) upscaled, {written} file(s) written to {args.output}"
+    summary = (f"ctsr upscale: {done} of {len(jobs)} image(s) upscaled, {written} file(s) written to "
+               f"{shown(args.output)}")
     if kept:
         summary += f"; {kept} existing output file(s) kept{hint}"
     if failed:
-        summary += f"; {len(failed)} failed: " + ", ".join(f"{p} ({r})" for p, r in failed[:5])
+        summary += f"; {len(failed)} failed: " + ", ".join(f"{shown(p)} ({r})" for p, r in failed[:5])
         summary += " …" if len(failed) > 5 else ""
     if other:
-        summary += f"; {len(other)} other file(s) ignored (not images): " + ", ".join(str(p) for p in other[:3])
+        summary += f"; {len(other)} other file(s) ignored (not images): " + ", ".join(shown(p) for p in other[:3])
         summary += " …" if len(other) > 3 else ""
     print(summary)
     return 1 if failed else 0

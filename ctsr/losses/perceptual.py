@@ -6,6 +6,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ctsr.checkpoints import check_weight_file, weights_only_loads
 from ctsr.errors import check
 from ctsr.weights import VGG16_FILE, require_file, torch_hub_checkpoints
 
@@ -17,14 +18,15 @@ def build_lpips(weights: Literal["pretrained", "random"] = "pretrained") -> nn.M
     import lpips
 
     check(weights in ("pretrained", "random"), "lpips_weights", f"must be pretrained or random, got {weights!r}")
-    if weights == "pretrained":
-        require_file(
-            torch_hub_checkpoints() / VGG16_FILE, "LPIPS(vgg) loss",
-            "https://download.pytorch.org/models/" + VGG16_FILE,
-        )
-        net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
-    else:
-        net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+    what = "LPIPS(vgg) loss"
+    with weights_only_loads(what):  # torchvision's and lpips' own torch.load calls read tensors only
+        if weights == "pretrained":
+            path = require_file(torch_hub_checkpoints() / VGG16_FILE, what,
+                                "https://download.pytorch.org/models/" + VGG16_FILE)
+            check_weight_file(path, what)  # a pickle that would run code: one line, before torchvision reads it
+            net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
+        else:
+            net = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
     return net.eval().requires_grad_(False)
 
 

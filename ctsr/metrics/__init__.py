@@ -27,10 +27,12 @@ def download_weights(metrics: Sequence[str] = DEFAULT_METRICS) -> None:
     """On a connected machine: let each library download what ``metrics`` need into its cache, then check."""
     import torchvision
 
+    from ctsr.checkpoints import weights_only_loads
     from ctsr.metrics.networks import build_fid_features, build_scorer
 
     if "lpips_vgg" in metrics:
-        torchvision.models.vgg16(weights="IMAGENET1K_V1")  # build_lpips only reads the cache
+        with weights_only_loads("metric 'lpips_vgg' weights"):  # the downloaded file is read as tensors only
+            torchvision.models.vgg16(weights="IMAGENET1K_V1")  # build_lpips only reads the cache
     for name in metrics:
         if name == "fid":
             build_fid_features("pretrained")

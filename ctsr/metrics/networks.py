@@ -23,6 +23,7 @@ unconditionally in their constructors; for those, the loader is replaced for the
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 import types
@@ -36,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctsr.checkpoints import weights_only_loads
+from ctsr.errors import ConfigError, describe, shown
 from ctsr.losses.perceptual import build_lpips
 from ctsr.metrics.functional import ColorSpace, psnr, ssim
 
@@ -170,86 +173,129 @@ def _niqe_random_params(folder: Path, seed: int = 0) -> Path:
 
 def _niqe_pretrained_params(folder: Path) -> Path:
     """pyiqa's ``niqe_modelparameters.mat`` when cached; else BasicSR's ``niqe_pris_params.npz`` (the same MATLAB
-    pristine model, as BasicSR's niqe.py uses it) written as the ``.mat`` pyiqa's NIQE reads."""
-    from ctsr.metrics.weight_files import niqe_parameters
+    pristine model, as BasicSR's niqe.py uses it) written as the ``.mat`` pyiqa's NIQE reads. Neither reader can
+    run code: scipy.io.loadmat reads MATLAB arrays, ``np.load(allow_pickle=False)`` refuses object arrays."""
+    from ctsr.metrics.weight_files import NIQE_BASICSR, check_file, niqe_parameters
 
     path, _ = niqe_parameters()
     if path.suffix == ".mat":
         return path
     import scipy.io
 
-    params = np.load(path)
+    check_file(path, "metric 'niqe' weights", NIQE_BASICSR.keys)
+    with np.load(path, allow_pickle=False) as params:
+        mu, cov = params["mu_pris_param"], params["cov_pris_param"]
     out = folder / "niqe_basicsr_params.mat"
-    scipy.io.savemat(out, {"mu_prisparam": params["mu_pris_param"], "cov_prisparam": params["cov_pris_param"]})
+    scipy.io.savemat(out, {"mu_prisparam": mu, "cov_prisparam": cov})
     return out
+
+
+def _clip_tensors_only(name: str, device: str | torch.device = "cpu", jit: bool = False,
+                       download_root: str | None = None) -> nn.Module:
+    """pyiqa's ``clip_model.load`` for CLIP-IQA, reading the file as tensors only: OpenAI's ``RN50.pt`` is a
+    TorchScript archive, which pyiqa opens with ``torch.jit.load`` (TorchScript can run code); here its tensors
+    are read by :func:`ctsr.checkpoints.read_weights` (a state-dict file: weights-only) and handed to pyiqa's
+    ``build_model``. A missing file is downloaded as pyiqa would (a connected machine)."""
+    from pyiqa.archs.clip_model import _MODELS, _download, build_model
+
+    from ctsr.checkpoints import read_weights
+    from ctsr.metrics.weight_files import clip_cache_dir
+
+    if name in _MODELS:
+        root = Path(download_root) if download_root else clip_cache_dir()
+        path = root / os.path.basename(_MODELS[name])
+        if not path.is_file():
+            _download(_MODELS[name], str(root))
+    else:
+        path = Path(name)
+    what = "metric 'clipiqa' weights"
+    state = dict(read_weights(path, what))
+    try:
+        model = build_model(state).to(device)
+    except (KeyError, IndexError, AssertionError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"{what}: '{shown(path)}' is not an OpenAI CLIP model file ({describe(err)})") from None
+    if str(device) == "cpu":
+        model.float()
+    return model
 
 
 def build_scorer(name: str, weights: Weights = "pretrained") -> nn.Module:
     """The per-image scorer of a learned or parametric metric (lpips, lpips_vgg, dists, niqe, musiq, maniqa,
     clipiqa).
     Pretrained mode lets the library read (or, on a connected machine, download) its files; check them first
-    with :func:`ctsr.metrics.weight_files.check_weights` to fail clearly offline."""
+    with :func:`ctsr.metrics.weight_files.check_weights` to fail clearly offline. Files are read as tensors only:
+    every present file is checked before the library touches it, and while the network is built every
+    ``torch.load`` goes through ctsr's weights-only loader (:func:`ctsr.checkpoints.weights_only_loads`)."""
+    from ctsr.metrics.weight_files import check_present
+
     random = weights == "random"
-    with _seeded() if random else contextlib.nullcontext():
-        if name == "lpips":  # pyiqa's LPIPS-Alex: sr is its first input, hr the reference, as pyiqa's forward
-            if random:
-                import torchvision
+    if not random:
+        check_present([name])
+    with _seeded() if random else contextlib.nullcontext(), weights_only_loads(f"metric '{name}' weights"):
+        return _build_scorer(name, random)
 
-                alexnet = torchvision.models.alexnet
-                with mock.patch("torchvision.models.alexnet", lambda *a, **k: alexnet(weights=None)):
-                    net = _pyiqa_net(name, pretrained=False)
-                with torch.no_grad():  # trained LPIPS heads are non-negative (a distance); so are the random ones
-                    for lin in net.lins:
-                        lin.model[-1].weight.abs_()
-            else:
-                net = _pyiqa_net(name)
-            return _frozen(PyiqaScore(net, full_reference=True, name=name))
-        if name == "lpips_vgg":
-            return _frozen(LPIPSScore(weights))
-        if name == "dists":
-            if random:
-                import torchvision
 
-                vgg16 = torchvision.models.vgg16
-                with mock.patch("torchvision.models.vgg16", lambda *a, **k: vgg16(weights=None)):
-                    net = _pyiqa_net(name, pretrained=False)
-            else:
-                net = _pyiqa_net(name)
-            return _frozen(PyiqaScore(net, full_reference=True, name=name))
-        if name == "niqe":
-            with tempfile.TemporaryDirectory() as tmp:  # NIQE reads the file in its constructor
-                params = _niqe_random_params(Path(tmp)) if random else _niqe_pretrained_params(Path(tmp))
-                net = _pyiqa_net(name, pretrained_model_path=str(params))
-            return _frozen(PyiqaScore(net, full_reference=False, min_size=NIQE_MIN_SIZE, name=name))
-        if name == "musiq":
-            net = _pyiqa_net(name, pretrained=False) if random else _pyiqa_net(name)
-            return _frozen(PyiqaScore(net, full_reference=False, name=name))
-        if name == "maniqa":
-            if random:
-                import timm
+def _build_scorer(name: str, random: bool) -> nn.Module:
+    weights: Weights = "random" if random else "pretrained"
+    if name == "lpips":  # pyiqa's LPIPS-Alex: sr is its first input, hr the reference, as pyiqa's forward
+        if random:
+            import torchvision
 
-                create = timm.create_model
-                with mock.patch("timm.create_model", lambda n, *a, pretrained=False, **k: create(n, *a, **k)):
-                    net = _pyiqa_net(name, pretrained=False)
-                net.test_sample = 1
-            else:
-                net = _pyiqa_net(name)
-            return _frozen(PyiqaScore(net, full_reference=False, name=name))
-        if name == "clipiqa":
-            with _openai_clip_importable():
-                from pyiqa.archs import clipiqa_arch
-            if random:
-                with mock.patch.object(clipiqa_arch, "load", _random_clip_rn50):
-                    net = _pyiqa_net(name)
-            else:
-                net = _pyiqa_net(name)
-            return _frozen(PyiqaScore(net, full_reference=False, name=name))
+            alexnet = torchvision.models.alexnet
+            with mock.patch("torchvision.models.alexnet", lambda *a, **k: alexnet(weights=None)):
+                net = _pyiqa_net(name, pretrained=False)
+            with torch.no_grad():  # trained LPIPS heads are non-negative (a distance); so are the random ones
+                for lin in net.lins:
+                    lin.model[-1].weight.abs_()
+        else:
+            net = _pyiqa_net(name)
+        return _frozen(PyiqaScore(net, full_reference=True, name=name))
+    if name == "lpips_vgg":
+        return _frozen(LPIPSScore(weights))
+    if name == "dists":
+        if random:
+            import torchvision
+
+            vgg16 = torchvision.models.vgg16
+            with mock.patch("torchvision.models.vgg16", lambda *a, **k: vgg16(weights=None)):
+                net = _pyiqa_net(name, pretrained=False)
+        else:
+            net = _pyiqa_net(name)
+        return _frozen(PyiqaScore(net, full_reference=True, name=name))
+    if name == "niqe":
+        with tempfile.TemporaryDirectory() as tmp:  # NIQE reads the file in its constructor
+            params = _niqe_random_params(Path(tmp)) if random else _niqe_pretrained_params(Path(tmp))
+            net = _pyiqa_net(name, pretrained_model_path=str(params))
+        return _frozen(PyiqaScore(net, full_reference=False, min_size=NIQE_MIN_SIZE, name=name))
+    if name == "musiq":
+        net = _pyiqa_net(name, pretrained=False) if random else _pyiqa_net(name)
+        return _frozen(PyiqaScore(net, full_reference=False, name=name))
+    if name == "maniqa":
+        if random:
+            import timm
+
+            create = timm.create_model
+            with mock.patch("timm.create_model", lambda n, *a, pretrained=False, **k: create(n, *a, **k)):
+                net = _pyiqa_net(name, pretrained=False)
+            net.test_sample = 1
+        else:
+            net = _pyiqa_net(name)
+        return _frozen(PyiqaScore(net, full_reference=False, name=name))
+    if name == "clipiqa":
+        with _openai_clip_importable():
+            from pyiqa.archs import clipiqa_arch
+        with mock.patch.object(clipiqa_arch, "load", _random_clip_rn50 if random else _clip_tensors_only):
+            net = _pyiqa_net(name)
+        return _frozen(PyiqaScore(net, full_reference=False, name=name))
     raise ValueError(f"no learned scorer for metric {name!r}")
 
 
 def build_fid_features(weights: Weights = "pretrained") -> CleanFIDInception:
-    """The FID feature extractor: pyiqa's FID Inception-v3 (``pt_inception-2015-12-05-6726825d.pth``)."""
+    """The FID feature extractor: pyiqa's FID Inception-v3 (``pt_inception-2015-12-05-6726825d.pth``), read as
+    tensors only (checked first, then loaded through ctsr's weights-only loader)."""
     from pyiqa.archs import inception
+
+    from ctsr.metrics.weight_files import check_present
 
     if weights == "random":
         with _seeded(), mock.patch.object(inception, "load_pretrained_network", lambda *a, **k: None):
@@ -258,5 +304,7 @@ def build_fid_features(weights: Weights = "pretrained") -> CleanFIDInception:
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     else:
-        net = inception.InceptionV3(output_blocks=[3], resize_input=False, normalize_input=False)
+        check_present(["fid"])
+        with weights_only_loads("metric 'fid' weights"):
+            net = inception.InceptionV3(output_blocks=[3], resize_input=False, normalize_input=False)
     return _frozen(CleanFIDInception(net))

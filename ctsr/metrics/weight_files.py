@@ -2,7 +2,10 @@
 
 Libraries download these on first use on a connected machine (``download_weights`` does it for a list of metrics).
 Offline, :func:`check_weights` raises one :class:`MissingWeightsError` that names, for every missing file, the
-metric, the file and the folder to put it in — before any network is built or any image is processed.
+metric, the file and the folder to put it in — before any network is built or any image is processed. Every file
+that is there is then checked to read as tensors (or arrays) only (:func:`check_file`): a pickle that would run code,
+planted where the message above says to put a download, is refused in one line naming it before the library that
+would unpickle it (torchvision, pyiqa: ``weights_only=False``) touches it.
 
 Folders (all resolved when checked, so ``TORCH_HOME`` / ``HF_HOME`` set before the run are honoured):
 
@@ -22,7 +25,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctsr.errors import MissingWeightsError
+from ctsr.checkpoints import check_weight_file
+from ctsr.errors import ConfigError, MissingWeightsError, describe, shown
 from ctsr.weights import NIQE_BASICSR_FILE, VGG16_FILE, ctsr_cache, torch_hub_checkpoints
 
 # pyiqa hosts its files on the Hugging Face repo chaofengc/IQA-PyTorch-Weights (arch_util.get_url_from_name).
@@ -65,6 +69,7 @@ class WeightFile:
     what: str
     source: str
     repo: str = ""
+    keys: tuple[str, ...] = ()  # arrays a .mat/.npz parameter file must hold
 
     def folder(self) -> Path:
         if self.store == "ctsr":
@@ -87,6 +92,23 @@ class WeightFile:
             isinstance(try_to_load_from_cache(self.repo, name, cache_dir=self.folder()), str)
             for name in (self.file, "pytorch_model.bin")
         )
+
+    def paths(self) -> list[Path]:
+        """The files of this entry that are there (what the library would read)."""
+        if self.store != "hf_hub":
+            path = self.folder() / self.file
+            return [path] if path.is_file() else []
+        from huggingface_hub import try_to_load_from_cache
+
+        found = (try_to_load_from_cache(self.repo, name, cache_dir=self.folder())
+                 for name in (self.file, "pytorch_model.bin"))
+        return [Path(p) for p in found if isinstance(p, str)]
+
+    def check(self) -> None:
+        """Refuse, in one line naming it, a present file that does not read as tensors (or arrays): a pickle that
+        would run code, a broken file. Run before the library is allowed to read it."""
+        for path in self.paths():
+            check_file(path, f"metric '{self.metric}' weights", self.keys)
 
     def message(self) -> str:
         if self.store == "hf_hub":
@@ -133,13 +155,21 @@ class EitherFile(WeightFile):
     def present(self) -> bool:
         return super().present() or self.other.present()
 
+    def check(self) -> None:  # the file that is used: this one when present, else the other
+        if super().present():
+            super().check()
+        else:
+            self.other.check()
+
     def message(self) -> str:
         return super().message() + " Or: " + self.other.message()
 
 
-NIQE_PYIQA = _pyiqa("niqe", "niqe_modelparameters.mat", "the NIQE pristine-image model parameters (pyiqa)")
+NIQE_PYIQA = WeightFile("niqe", "niqe_modelparameters.mat", "pyiqa", "the NIQE pristine-image model parameters "
+                        "(pyiqa)", _PYIQA_URL + "niqe_modelparameters.mat", keys=("mu_prisparam", "cov_prisparam"))
 NIQE_BASICSR = WeightFile("niqe", NIQE_BASICSR_FILE, "ctsr", "the NIQE pristine-image parameters shipped in "
-                          "BasicSR's sdist (basicsr 1.4.2)", "`make mini-weights` (python -m ctsr.mini.assets)")
+                          "BasicSR's sdist (basicsr 1.4.2)", "`make mini-weights` (python -m ctsr.mini.assets)",
+                          keys=("mu_pris_param", "cov_pris_param"))
 
 # File names as in each library's default_model_urls (tests/test_metrics.py checks them against the installed code).
 REQUIRED_FILES: dict[str, tuple[WeightFile, ...]] = {
@@ -173,13 +203,54 @@ def niqe_parameters() -> tuple[Path, str]:
     raise AssertionError("unreachable")
 
 
+def check_file(path: Path, what: str, keys: tuple[str, ...] = ()) -> None:
+    """One file as its reader will see it, refused in one line naming it when it is not weights or arrays only:
+    ``.mat`` (scipy.io.loadmat: MATLAB arrays, it never unpickles) and ``.npz`` (``np.load(allow_pickle=False)``:
+    an object array is refused) with the arrays ``keys``; anything else a weights-only pickle, a safetensors file
+    or a TorchScript archive's tensors (:func:`ctsr.checkpoints.check_weight_file`: tensor data is not read)."""
+    suffix = path.suffix.lower()
+    if suffix in (".mat", ".npz"):
+        try:
+            arrays = _read_arrays(path)
+        except Exception as err:  # noqa: BLE001 — scipy/numpy raise several types for a foreign file
+            raise ConfigError(f"{what}: '{shown(path)}' is not a readable {suffix} parameter file "
+                              f"({describe(err)})") from None
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise ConfigError(f"{what}: '{shown(path)}' lacks the arrays {missing}")
+        return
+    check_weight_file(path, what)
+
+
+def _read_arrays(path: Path) -> dict:
+    """The arrays of a ``.mat`` (scipy) or ``.npz`` (numpy, no pickles) file."""
+    if path.suffix.lower() == ".mat":
+        import scipy.io
+
+        return scipy.io.loadmat(path)
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def check_present(metrics: list[str] | tuple[str, ...]) -> None:
+    """:meth:`WeightFile.check` on every file of ``metrics`` that is there (missing ones are not an error here:
+    on a connected machine the library downloads them)."""
+    for name in metrics:
+        for w in REQUIRED_FILES[name]:
+            w.check()
+
+
 def missing_files(metrics: list[str] | tuple[str, ...]) -> list[WeightFile]:
     """The required files of ``metrics`` that are not in their folders, in order."""
     return [w for name in metrics for w in REQUIRED_FILES[name] if not w.present()]
 
 
 def check_weights(metrics: list[str] | tuple[str, ...]) -> None:
-    """Raise :class:`MissingWeightsError` listing every missing file of ``metrics`` (metric, file, folder)."""
+    """Raise :class:`MissingWeightsError` listing every missing file of ``metrics`` (metric, file, folder); then
+    refuse, in one line naming it, any of them that does not read as tensors (:func:`check_present`) — before any
+    library touches it."""
     missing = missing_files(metrics)
     if missing:
         names = list(dict.fromkeys(w.metric for w in missing))
@@ -189,3 +260,4 @@ def check_weights(metrics: list[str] | tuple[str, ...]) -> None:
             + "\n  - ".join(w.message() for w in missing)
             + f"\nOr leave {', '.join(names)} out of `metrics`; the other metrics run without them."
         )
+    check_present(metrics)

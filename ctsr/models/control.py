@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from ctsr.checkpoints import json_meta, load_checkpoint, read_safetensors, require_finite
+from ctsr.checkpoints import atomic_write_files, json_meta, load_checkpoint, read_safetensors, require_finite
 from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, tau_of_t
 from ctsr.errors import ConfigError, MissingWeightsError, check
 from ctsr.models.generator import OneStepGenerator
@@ -237,8 +237,9 @@ class ControllableSR(nn.Module):
         """One safetensors file: ``stage1.*`` (generator LoRA, unmerged), ``stage2.unet.*`` (control LoRA) and the
         metadata that rebuilds the model (base model id, OSEDiff file, ranks, prompt, τ_max, K). ``dtype``: store
         the floating-point tensors in it (``torch.float16`` halves the file; :meth:`load` reads them back into
-        float32 weights)."""
-        from safetensors.torch import save_file
+        float32 weights). Written atomically (``.<name>.tmp-<pid>`` in the same folder, then renamed): a full disk
+        or a kill never leaves a partial model file, and an ``OSError`` is one :class:`OutputError` line."""
+        from safetensors.torch import save
 
         tensors = {f"stage1.{k}": v.contiguous() for k, v in self.stage1_lora.items()}
         tensors.update({f"stage2.unet.{k}": v.contiguous() for k, v in self.control_lora().items()})
@@ -253,8 +254,7 @@ class ControllableSR(nn.Module):
         if self.selected_t is not None:
             meta["selected_t"] = json.dumps({**self.selected_t_record, "t": self.selected_t})
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        atomic_write_files([(path, save(tensors, metadata=meta))], "model file")
         return path
 
     @classmethod

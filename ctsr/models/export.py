@@ -9,17 +9,13 @@ loader (``ctsr upscale``, ``ctsr export``, ``ctsr test --model.init_args.model_p
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from ctsr.checkpoints import (
-    load_checkpoint,
-    require_finite,
-)
-from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe
+from ctsr.checkpoints import check_writable, load_checkpoint, require_finite, sweep_temp_files
+from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe, shown
 from ctsr.models.control import ControllableSR, control_kwargs, generator_from_config, load_into
 from ctsr.models.generator import OneStepGenerator
 
@@ -131,16 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not args.force:
         raise ConfigError(f"out: '{out}' exists (use --force to overwrite)")
     if Path(args.ckpt).expanduser().resolve() == out.resolve():
-        raise ConfigError(f"out: '{out}' is the input file")
+        raise ConfigError(f"out: '{shown(out)}' is the input file")
+    check_writable(out.parent, "out")  # a read-only or unwritable folder: one line before the model is loaded
+    sweep_temp_files(out.parent, [out.name])  # the temporary file of an export that was killed
     source = report_source(args.ckpt, "ctsr export")
     model = load_model(source, args.pretrained, args.osediff_lora)
     if isinstance(model, Stage1Only):
-        raise ConfigError(f"'{source}' is a stage-1 checkpoint; export a stage-2 one")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.safetensors")
-    try:  # through a temporary file: a killed export leaves no partial model file
-        model.export(tmp, torch.float16 if args.half else None)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        raise ConfigError(f"'{shown(source)}' is a stage-1 checkpoint; export a stage-2 one")
+    model.export(out, torch.float16 if args.half else None)  # atomic: a temporary file, then a rename
+    print(f"wrote {shown(out)} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -282,15 +282,10 @@ def model_card(repo_id: str, meta: dict, facts: dict, license: str) -> str:
 
 def _model_meta(path: Path) -> dict:
     """The metadata of an exported CTSR file (no tensors read)."""
-    from safetensors import safe_open
-
+    from ctsr.checkpoints import safetensors_metadata
     from ctsr.models.control import FORMAT
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:  # noqa: BLE001 — safetensors raises several types for a bad file
-        raise ConfigError(f"FILE: '{path}' is not a safetensors file ({describe(err)})") from None
+    meta = safetensors_metadata(path, "FILE")
     if meta.get("format") != FORMAT:
         raise ConfigError(f"FILE: '{path}' is not a CTSR model file (format {meta.get('format')!r})")
     out = {"format": meta["format"], "generator": json.loads(meta["generator"]),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctsr.diffusion.schedule import NoiseSchedule
-from ctsr.errors import ConfigError, MissingWeightsError, describe, check
+from ctsr.errors import ConfigError, MissingWeightsError, check, describe, shown
 from ctsr.models import configs
 from ctsr.models.lora import merge_and_remove_lora
 
@@ -144,11 +144,16 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
         )
     import spandrel
 
+    from ctsr.checkpoints import read_weights
+
+    # ctsr reads the file (tensors only: weights-only pickle, safetensors, or a TorchScript archive's tensors — never
+    # torch.jit.load, which spandrel's own loader uses for .pt files) and hands spandrel the state dict
+    state = read_weights(path, "sr_model")
     try:
-        desc = spandrel.ModelLoader().load_from_file(str(path))
+        desc = spandrel.ModelLoader().load_from_state_dict(spandrel.canonicalize_state_dict(state))
     except Exception as err:  # spandrel raises several types for unknown or broken files
         raise ConfigError(
-            f"sr_model: spandrel cannot load '{spec}' ({describe(err)})"
+            f"sr_model: spandrel cannot load '{shown(spec)}' ({describe(err)})"
         ) from None
     if not isinstance(desc, spandrel.ImageModelDescriptor):
         raise ConfigError(f"sr_model: '{spec}' is not an image-to-image model")

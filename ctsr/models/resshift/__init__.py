@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctsr.errors import ConfigError, MissingWeightsError, describe
+from ctsr.errors import ConfigError, MissingWeightsError
 from ctsr.models.resshift.autoencoder import VQAutoencoderF4
 from ctsr.models.resshift.diffusion import (
     RESSHIFT_V3, SINSR_V1, ResidualShiftSampler, ShiftSchedule, eta_schedule,
@@ -94,19 +94,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     Unwraps ``{"state_dict": …}`` and drops the ``module.`` / ``_orig_mod.`` prefixes the official loader accepts.
     A pickle that is not weights-only (it would run code to load) is refused with a :class:`ConfigError`.
     """
+    from ctsr.checkpoints import load_checkpoint, read_safetensors
+
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # UnpicklingError (not weights-only), RuntimeError/EOFError (not a checkpoint)
-            raise ConfigError(
-                f"'{path}' cannot be read as a weights-only checkpoint ({describe(err, 120)}); ctsr loads "
-                f"torch.load(weights_only=True) or .safetensors files only"
-            ) from None
+        state = read_safetensors(path, "ResShift weights")[0]
+    else:  # torch.load(weights_only=True): a pickle that would run code is refused in one line naming it
+        state = load_checkpoint(path, "ResShift weights", any_type=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
