@@ -158,11 +158,8 @@ def _lightning_cli(args: list[str] | None = None):
             return loaded
 
         def before_fit(self) -> None:
-            from ctsr.checkpoints import check_writable
-
             ckpt = self.config_init[self.subcommand].get("ckpt_path")
             run_dir = self._run_dir()
-            check_writable(self._ckpt_dir(run_dir), "checkpoints")  # before any step: a read-only folder is one line
             if ckpt is None:
                 self._take_folder()
                 if self._has_checkpoints(run_dir):
@@ -229,6 +226,9 @@ def _lightning_cli(args: list[str] | None = None):
         def _start_run(self, run_dir: Path, info: dict | None, resumed: bool = False, fresh: bool = False) -> None:
             """Record the run's identity (run.json, rank 0) and have every checkpoint carry it; a resume moves the
             callbacks' saved record of files onto this run's checkpoint folder (AtomicCheckpointIO)."""
+            from ctsr.checkpoints import check_writable
+
+            check_writable(self._ckpt_dir(run_dir), "checkpoints")  # before any step: a read-only folder is one line
             if self._rank_zero() and info is not None:
                 if read_run_info(run_dir, strict=False) != info:
                     write_run_info(run_dir, info)

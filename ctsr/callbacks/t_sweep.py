@@ -247,8 +247,9 @@ class TSweepEvaluation(Callback):
             p = self._prototype
             try:
                 self._distance_prototype = MetricSuite(["psnr", "lpips"], p.color_space, p.crop_border, p.weights)
-            except MissingWeightsError as err:
-                warnings.warn(f"d_fidelity_lpips skipped: {err}", stacklevel=2)
+            except MissingWeightsError:
+                warnings.warn("the 'LPIPS to x_f' column is skipped: LPIPS-Alex's weights are not cached "
+                              "(ctsr.metrics.download_weights(['lpips']) on a connected machine)", stacklevel=2)
                 self._distance_prototype = MetricSuite(["psnr"], p.color_space, p.crop_border)
         return self._distance_prototype.to(device)
 

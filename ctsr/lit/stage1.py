@@ -29,6 +29,9 @@ class DualTeacherDistillation(LoRACheckpointMixin, L.LightningModule):
         lpips_weights: ``pretrained`` LPIPS-VGG (the paper), or ``random`` (tiny smoke runs only).
         lr, betas, weight_decay: AdamW on the LoRA parameters only.
         seed: seed of the τ / noise generator (offset per rank).
+        init_from: start from these stage-1 weights instead of the generator as built (a stage-1 ``.ckpt`` or an
+            exported model file's ``stage1.*``; ``mini``: the shipped mini-world model), e.g. to fine-tune a released
+            model; the optimiser starts fresh. The default realness teacher is then a frozen copy of them.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class DualTeacherDistillation(LoRACheckpointMixin, L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 1e-2,
         seed: int = 0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         check_finite_values("model", {"lambda_l2": lambda_l2, "lambda_lp": lambda_lp, "lambda_fl": lambda_fl,
@@ -55,6 +59,11 @@ class DualTeacherDistillation(LoRACheckpointMixin, L.LightningModule):
         check_optimizer(lr, betas, weight_decay)
         self.save_hyperparameters(ignore=["generator", "fidelity_teacher", "realness_teacher"])
         self.generator = generator
+        if init_from:
+            from ctsr.models.control import load_into, read_stage1_lora
+            from ctsr.models.export import resolve_model_spec
+
+            load_into(generator, read_stage1_lora(resolve_model_spec(init_from))[0], "init_from")
         if realness_teacher is None:
             realness_teacher = UNetTeacher.frozen_copy(generator.unet)
         self.fidelity_teacher = fidelity_teacher

@@ -52,6 +52,8 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
         control_steps: eq8 only: K of the inference's Euler integration.
         lr, betas, weight_decay: AdamW on the control LoRA only.
         seed: seed of the t / noise draws (offset per rank).
+        init_from: start the control LoRA from these weights (a stage-2 ``.ckpt`` or an exported model file;
+            ``mini``: the shipped mini-world model), e.g. to fine-tune a released model; the optimiser starts fresh.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 1e-2,
         seed: int = 0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         check(path in ("fidelity", "noise", "denoise"), "model.path", f"must be fidelity, noise or denoise, got {path!r}")
@@ -95,6 +98,11 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
             generator, stage1, control_rank=control_rank, tau_max=tau_max, control_steps=control_steps,
             objective=objective, path=path, tau_c=tau_c,
         )
+        if init_from:
+            from ctsr.models.control import load_into, read_control_lora
+            from ctsr.models.export import resolve_model_spec
+
+            load_into(self.model.generator.unet, read_control_lora(resolve_model_spec(init_from)), "init_from")
         self.fidelity_teacher = fidelity_teacher
         if fidelity_teacher is not None:
             fidelity_teacher.requires_grad_(False)

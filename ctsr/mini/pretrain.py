@@ -86,8 +86,68 @@ def compact_net(num_feat: int = 48, num_conv: int = 12) -> nn.Module:
     return Compact(num_in_ch=3, num_out_ch=3, num_feat=num_feat, num_conv=num_conv, upscale=SCALE, act_type="prelu")
 
 
-def train_fidelity(train_dir: str | Path, out: str | Path, steps: int = 3000, batch: int = 16, crop: int = 128,
-                   num_feat: int = 48, num_conv: int = 12, lr: float = 1e-3, seed: int = 0) -> Path:
+def _cubic(x: float, a: float = -0.75) -> float:
+    x = abs(x)
+    if x <= 1:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    return (((x - 5) * x + 8) * x - 4) * a if x < 2 else 0.0
+
+
+def bicubic_phases(scale: int = SCALE) -> list[dict[int, float]]:
+    """Weights of torch's bicubic ×scale (align_corners=False, a = −0.75): for output phase p (pixel scale·i + p),
+    {offset d: weight of input pixel i + d}, d ∈ −2…2."""
+    phases = []
+    for p in range(scale):
+        x = (p + 0.5) / scale - 0.5
+        w = dict.fromkeys(range(-2, 3), 0.0)
+        for k in range(-1, 3):
+            w[math.floor(x) + k] += _cubic(x - math.floor(x) - k)
+        phases.append(w)
+    return phases
+
+
+@torch.no_grad()
+def bicubic_init(net: nn.Module, scale: int = SCALE) -> nn.Module:
+    """Set a Compact net (≥ 27 features, PReLU) to compute exactly torch's bicubic ×scale away from the borders.
+
+    Compact adds nearest(LR) to a pixel-shuffled body: a body that outputs bicubic − nearest makes the whole net
+    bicubic. Conv 1 copies each channel's 3×3 neighbourhood into 27 features, the middle convolutions pass them on,
+    the PReLUs start linear (slope 1), the last 3×3 convolution reaches offsets −2…2 and holds the 16 phases' weights.
+    Trained from random weights on a CPU, the net stays near nearest-neighbour upsampling (below bicubic) for
+    thousands of steps; from here every step is a correction of bicubic."""
+    convs = [m for m in net.body if isinstance(m, nn.Conv2d)]
+    if convs[0].out_channels < 27:
+        raise ValueError("bicubic_init needs num_feat ≥ 27")
+    for m in net.body:
+        if isinstance(m, nn.PReLU):
+            m.weight.fill_(1.0)
+    for conv in convs:
+        conv.weight.zero_()
+        conv.bias.zero_()
+    feature = lambda ch, p, q: 9 * ch + 3 * (p + 1) + (q + 1)  # noqa: E731 — channel ch at offset (p, q)
+    for ch in range(3):
+        for p in (-1, 0, 1):
+            for q in (-1, 0, 1):
+                convs[0].weight[feature(ch, p, q), ch, 1 + p, 1 + q] = 1.0
+    for conv in convs[1:-1]:
+        for f in range(27):
+            conv.weight[f, f, 1, 1] = 1.0
+    split = lambda d: (max(-1, min(1, d)), d - max(-1, min(1, d)))  # noqa: E731 — (last conv's tap, feature offset)
+    phases = bicubic_phases(scale)
+    for ch in range(3):
+        for a in range(scale):
+            for b in range(scale):
+                out = ch * scale * scale + a * scale + b  # pixel_shuffle's channel order
+                for dy in range(-2, 3):
+                    for dx in range(-2, 3):
+                        w = phases[a][dy] * phases[b][dx] - (1.0 if dy == dx == 0 else 0.0)
+                        (u, p), (v, q) = split(dy), split(dx)
+                        convs[-1].weight[out, feature(ch, p, q), 1 + u, 1 + v] += w
+    return net
+
+
+def train_fidelity(train_dir: str | Path, out: str | Path, steps: int = 6000, batch: int = 16, crop: int = 64,
+                   num_feat: int = 48, num_conv: int = 12, lr: float = 3e-4, seed: int = 0) -> Path:
     """L1 regression under the Real-ESRGAN degradation (RealESRNet's recipe), written as ``{"params": …}``."""
     from ctsr.checkpoints import atomic_save
     from ctsr.data.degradations import RealESRGANDegradation
@@ -95,7 +155,7 @@ def train_fidelity(train_dir: str | Path, out: str | Path, steps: int = 3000, ba
     photos = load_photos(train_dir)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = compact_net(num_feat, num_conv)
+    net = bicubic_init(compact_net(num_feat, num_conv))
     degrade = RealESRGANDegradation()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     log = Log(250)
@@ -144,9 +204,11 @@ class LinearCodec(nn.Module):
         self.decode = nn.Sequential(nn.Conv2d(channels, 3 * factor * factor, 1), nn.PixelShuffle(factor))
 
 
-def train_vae(vae: nn.Module, images: list[Tensor], test: Tensor, steps: tuple[int, int, int] = (1500, 2500, 2500),
-              batch: int = 8, crop: int = 64, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0) -> dict:
-    """Three phases (module docstring). Returns the test PSNR after each phase."""
+def train_vae(vae: nn.Module, images: list[Tensor], test: Tensor, steps: tuple[int, int, int] = (1500, 3000, 2000),
+              batch: int = 4, crop: int = 128, lr: tuple[float, float, float] = (1e-3, 1e-3, 3e-4),
+              kl_weight: float = 1e-6, seed: int = 0) -> dict:
+    """Three phases (module docstring). Returns the test PSNR after each phase. Crops of 128²: the GroupNorms see
+    the statistics of 16×16 latents, as in use (trained on 8×8 ones, the decoder lost 3 dB on 128² test crops)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     channels = vae.config.latent_channels
@@ -170,18 +232,18 @@ def train_vae(vae: nn.Module, images: list[Tensor], test: Tensor, steps: tuple[i
                list(linear.parameters())),
               ("decoder", list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())),
               ("joint", list(vae.parameters())))
-    for (name, params), n in zip(phases, steps):
+    for (name, params), n, peak in zip(phases, steps, lr):
         if n == 0:
             continue
         print(f"VAE phase '{name}': {n} steps", flush=True)
         vae.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = torch.optim.Adam(params, lr=peak)
         log = Log(500)
         for step in range(1, n + 1):
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step - 1, n, lr)
+                group["lr"] = cosine_lr(step - 1, n, peak)
             x = random_crops(images, batch, crop, gen) * 2 - 1
             if name == "encoder":
                 z, kl = encode(x, sample=False)
@@ -200,8 +262,17 @@ def train_vae(vae: nn.Module, images: list[Tensor], test: Tensor, steps: tuple[i
     return scores
 
 
+def latent_scale(vae: nn.Module, photos: list[Tensor], seed: int = 3) -> float:
+    """1 / std of the encoder's latents on photo crops: SD's ``scaling_factor`` (unit-variance latents, which the
+    noise schedule assumes), measured as SD's authors did."""
+    x = random_crops(photos, 32, 128, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        z = torch.cat([vae.encode(x[i : i + 8] * 2 - 1).latent_dist.mode() for i in range(0, len(x), 8)])
+    return float(1 / z.std())
+
+
 def build_base(out: str | Path, train_dir: str | Path, test_dir: str | Path, fidelity: str | Path,
-               realness: str | Path, vae_steps: tuple[int, int, int] = (1500, 2500, 2500), seed: int = 0) -> dict:
+               realness: str | Path, vae_steps: tuple[int, int, int] = (1500, 3000, 2000), seed: int = 0) -> dict:
     """Write the mini base model (diffusers layout) with a pre-trained VAE; returns its record (scores, configs)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -217,6 +288,7 @@ def build_base(out: str | Path, train_dir: str | Path, test_dir: str | Path, fid
     images = photos + teacher_images(photos, fidelity, realness)
     test = random_crops(load_photos(test_dir), 16, 128, torch.Generator().manual_seed(seed + 1))
     scores = train_vae(vae, images, test, vae_steps, seed=seed)
+    vae.register_to_config(scaling_factor=latent_scale(vae, photos))
     tok_dir = configs.write_tiny_tokenizer(out / ".tokenizer-src")
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
     for name, part in (("vae", vae), ("unet", unet), ("text_encoder", text)):
@@ -225,7 +297,8 @@ def build_base(out: str | Path, train_dir: str | Path, test_dir: str | Path, fid
     for f in tok_dir.iterdir():
         f.unlink()
     tok_dir.rmdir()
-    record = {"vae_test_psnr": scores, "vae_steps": list(vae_steps), "seed": seed}
+    record = {"vae_test_psnr": scores, "vae_steps": list(vae_steps), "seed": seed,
+              "scaling_factor": vae.config.scaling_factor}
     (out / "mini_base.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -243,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--val", default="data/mini/val/HR")
     base.add_argument("--fidelity", default="weights/mini/fidelity_compact_x4.pth")
     base.add_argument("--realness", default="weights/RealESRGAN_x4plus.pth")
-    base.add_argument("--vae-steps", type=int, nargs=3, default=(1500, 2500, 2500))
+    base.add_argument("--vae-steps", type=int, nargs=3, default=(1500, 3000, 2000))
     args = parser.parse_args(argv)
     if args.what == "fidelity":
         print(train_fidelity(args.train, args.out, args.steps))

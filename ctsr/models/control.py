@@ -58,6 +58,25 @@ def read_stage1_lora(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     return weights, config
 
 
+def read_control_lora(path: str | Path) -> dict[str, Tensor]:
+    """The stage-2 control LoRA (keys relative to the UNet) of a stage-2 ``.ckpt`` or an exported model file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(f"stage-2 weights '{path}' not found (a stage-2 checkpoint or an exported model)")
+    if path.suffix == ".safetensors":
+        tensors, _ = read_safetensors(path, "stage-2 weights")
+        weights = {k[len("stage2.unet."):]: v for k, v in tensors.items() if k.startswith("stage2.unet.")}
+    else:
+        state = load_checkpoint(path, "stage-2 weights").get("state_dict", {})
+        prefix = "model.generator.unet."
+        weights = {k[len(prefix):]: v for k, v in (state if isinstance(state, dict) else {}).items()
+                   if k.startswith(prefix) and f".{CONTROL}." in k}
+    if not weights:
+        raise ConfigError(f"'{path}' holds no stage-2 control weights (is it a stage-2 checkpoint or model file?)")
+    require_finite(weights, path, "stage-2 weights")
+    return weights
+
+
 def load_into(module: nn.Module, weights: dict[str, Tensor], what: str) -> None:
     own = dict(module.named_parameters())
     missing = [k for k in own if "lora_" in k and own[k].requires_grad and k not in weights]

@@ -38,13 +38,27 @@ def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> O
     return generator_from_config(cfg, pretrained, osediff_lora)
 
 
+def resolve_model_spec(spec: str | Path) -> Path:
+    """A model file named by the user: ``mini`` is the mini-world model shipped in the package; anything else is a
+    path."""
+    if str(spec) == "mini":
+        from ctsr.mini import MODEL
+
+        if not MODEL.is_file():
+            raise MissingWeightsError(f"the shipped mini-world model '{MODEL}' is missing (build it with `make mini "
+                                      f"SHIP=1`)")
+        return MODEL
+    return Path(spec)
+
+
 def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
                control_steps: int | None = None) -> ControllableSR:
     """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a run folder (its
     newest readable checkpoint by recorded step), a CTSR folder or a Hub id ``owner/name[@revision]``
     (:func:`ctsr.models.hub.load_pretrained`, which comes back here with the downloaded file). Every loader goes
-    through this function: tensors only, metadata and finiteness checked. ``control_steps`` overrides the stored K."""
-    path = Path(path).expanduser()
+    through this function: tensors only, metadata and finiteness checked. ``control_steps`` overrides the stored K.
+    ``mini``: the mini-world model shipped in the package."""
+    path = resolve_model_spec(path).expanduser()
     if path.is_dir():
         from ctsr.runs import model_source
 
