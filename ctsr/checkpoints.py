@@ -45,6 +45,11 @@ from torch import Tensor
 from ctsr.errors import ConfigError, MissingWeightsError, NonFiniteError, OutputError, describe, shown
 
 TMP_MARK = ".tmp-"  # temporary files: ".<name>.tmp-<pid>", never matched by "*.ckpt"
+# Limits on what a weight file may ask of the reader before anything is built (docs/reliability.md): a model file's
+# metadata is a few kB; a crafted one is refused before it is parsed or turned into networks.
+MAX_METADATA_BYTES = 1_000_000   # all keys and values of a safetensors file's metadata together
+MAX_METADATA_DEPTH = 8           # nesting of the JSON values in it (ctsr writes 3 at most)
+MAX_HEADER_BYTES = 100_000_000   # a safetensors header (tensor index + metadata): safetensors' own limit
 
 
 # -- reading: pickles ------------------------------------------------------------------------------------------------
@@ -76,15 +81,56 @@ def _weights_only_load(source: Any, path: Any, what: str, mmap: bool = False) ->
         raise ConfigError(f"{what}: '{shown(path)}' is not a readable checkpoint ({describe(err)})") from None
 
 
+_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+               (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+               (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"7z\xbc\xaf", "a 7-Zip archive"))
+
+
+def file_kind(head: bytes) -> str | None:
+    """What a file that is not a PyTorch checkpoint looks like from its first bytes (None: could be one). torch
+    writes zip archives (``PK``) or, in its legacy format, pickles (protocol ≥ 2: ``\\x80``)."""
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 9 and head[8:10] == b'{"':
+        return "a safetensors file (give it a .safetensors name)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head[:-4].decode("utf-8", "ignore") if len(head) > 4 else ""
+        if not text or len(text) < len(head) // 2:
+            return None
+    if text and all(c.isprintable() or c in "\n\r\t" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file (it starts with {first!r})"
+    return None
+
+
 def load_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = False, any_type: bool = False) -> Any:
     """A checkpoint as a dict of tensors and plain values; code in the file is never run. ``mmap``: map the tensor
-    data instead of reading it (a check of a large file); ``any_type``: any weights-only object, not only a dict."""
+    data instead of reading it (a check of a large file); ``any_type``: any weights-only object, not only a dict.
+    A file that is no PyTorch file at all (text, an image: told by its first bytes) is named as what it is."""
     path = Path(path).expanduser()
     if not path.is_file():
+        if path.exists():
+            raise ConfigError(f"{what}: '{shown(path)}' is not a regular file")
         raise MissingWeightsError(f"{what}: '{shown(path)}' not found")
     size = path.stat().st_size
     if size == 0:
         raise ConfigError(f"{what}: '{shown(path)}' is empty (0 bytes: an interrupted save?)")
+    try:
+        with open(path, "rb") as f:
+            kind = file_kind(f.read(64))
+    except OSError as err:
+        raise ConfigError(f"{what}: '{shown(path)}' cannot be read ({describe(err)})") from None
+    if kind is not None:
+        hint = ("; a model file is a .ckpt written by `ctsr fit` (runs/<name>/checkpoints/) or a .safetensors by "
+                "`ctsr export`") if "model" in what or "ckpt" in what or what == "checkpoint" else ""
+        raise ConfigError(f"{what}: '{shown(path)}' is not a PyTorch checkpoint but {kind}{hint}")
     ckpt = _weights_only_load(path, path, what, mmap)
     if not any_type and not isinstance(ckpt, dict):
         raise ConfigError(f"{what}: '{shown(path)}' holds a {type(ckpt).__name__}, not a checkpoint dict")
@@ -265,9 +311,14 @@ def _header(head: bytes, size: int) -> dict:
     n = int.from_bytes(head[:8], "little")
     if n < 2 or 8 + n > size:
         raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {n} bytes, above the {MAX_HEADER_BYTES} bytes a safetensors file may have")
     if len(head) < 8 + n:
         raise ValueError("truncated header")
-    header = json.loads(head[8:8 + n])
+    try:
+        header = json.loads(head[8:8 + n])
+    except RecursionError:
+        raise ValueError("the header's JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     meta = header.get("__metadata__") or {}
@@ -285,11 +336,26 @@ def safetensors_metadata(path: str | Path, what: str = "model file") -> dict[str
         with open(path, "rb") as f:
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else 0
-            head += f.read(min(n, 100_000_000))
-        return dict(_header(head, path.stat().st_size).get("__metadata__") or {})
+            head += f.read(min(n, MAX_HEADER_BYTES))
+        meta = dict(_header(head, path.stat().st_size).get("__metadata__") or {})
     except (OSError, ValueError) as err:
         raise ConfigError(f"{what}: '{shown(path)}' is not a safetensors file (header unreadable: "
                           f"{describe(err)})") from None
+    check_metadata_size(meta, path, what)
+    return meta
+
+
+def check_metadata_size(meta: Mapping[str, str], path: str | Path, what: str = "model file") -> None:
+    """Refuse metadata above :data:`MAX_METADATA_BYTES` (all keys and values, UTF-8), naming the file and the
+    largest entry: before any of it is parsed."""
+    sizes = {k: len(k.encode("utf-8", "surrogatepass")) + len(str(v).encode("utf-8", "surrogatepass"))
+             for k, v in meta.items()}
+    total = sum(sizes.values())
+    if total > MAX_METADATA_BYTES:
+        largest = max(sizes, key=sizes.get)
+        raise ConfigError(f"{what}: '{shown(path)}' holds {total} bytes of metadata (entry '{shown(largest)}': "
+                          f"{sizes[largest]}), above the {MAX_METADATA_BYTES} bytes ctsr reads; a file written by "
+                          f"`ctsr export` holds a few kB — this one is damaged or crafted")
 
 
 def read_safetensors(path: str | Path, what: str = "model file") -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -305,11 +371,15 @@ def read_safetensors(path: str | Path, what: str = "model file") -> tuple[dict[s
         if _utf8(path):
             with safe_open(str(path), "pt") as f:
                 meta = dict(f.metadata() or {})
+                check_metadata_size(meta, path, what)  # before any tensor is read
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         else:
             raw = path.read_bytes()
             meta = dict(_header(raw, len(raw)).get("__metadata__") or {})
+            check_metadata_size(meta, path, what)
             tensors = load_bytes(raw)
+    except ConfigError:
+        raise
     except Exception as err:  # noqa: BLE001 — SafetensorError, OSError, …
         raise ConfigError(f"{what}: '{shown(path)}' is not a readable safetensors file ({describe(err)})") from None
     return tensors, meta
@@ -344,13 +414,30 @@ def json_meta(meta: Mapping[str, str], key: str, path: str | Path, default: Any 
         if default is not None:
             return default
         raise ConfigError(f"'{shown(path)}': metadata lacks '{key}' (not written by `ctsr export`?)")
+    deep = False
     try:
         value = json.loads(meta[key])
+    except RecursionError:
+        deep = True
     except (TypeError, ValueError) as err:
         raise ConfigError(f"'{shown(path)}': metadata '{key}' is not valid JSON ({describe(err)})") from None
+    if deep or json_depth(value) > MAX_METADATA_DEPTH:
+        raise ConfigError(f"'{shown(path)}': metadata '{key}' is nested more than {MAX_METADATA_DEPTH} levels deep "
+                          f"(ctsr writes at most 3): the file is damaged or crafted")
     if not isinstance(value, dict):
         raise ConfigError(f"'{shown(path)}': metadata '{key}' must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar: 0, ``{"a": 1}``: 1), without recursion."""
+    depth, level = 0, [(value, 0)]
+    while level:
+        item, d = level.pop()
+        if isinstance(item, (dict, list)):
+            depth = max(depth, d + 1)
+            level.extend((v, d + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return depth
 
 
 def first_non_finite(tensors: Mapping[str, Any]) -> tuple[str, int] | None:

@@ -18,6 +18,7 @@ losses/gradients are skipped and stop the run after ``--nonfinite_patience`` in 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,42 @@ TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-l
     "convert-ncnn": ("ctsr.models.ncnn", "convert a Real-ESRGAN RRDBNet from ncnn files (.param/.bin) to a .pth"),
 }
 _LOCKS: list = []  # the run locks this process holds; main() releases them however it ends
+# Folder and file names that are not valid UTF-8 reach Python as surrogates (U+DC80–U+DCFF, one per byte); YAML is
+# UTF-8 text and cannot hold them. In the config (command line, --config files, the saved config.yaml) such a byte
+# is the private-use character U+F0080–U+F00FF and turns back into the file system's byte when the config is read.
+_RAW_BYTES, _STAND_INS = re.compile("[\udc80-\udcff]"), re.compile("[\U000f0080-\U000f00ff]")
+
+
+def _map_strings(value, pattern: re.Pattern, shift: int):
+    if isinstance(value, str):
+        return pattern.sub(lambda m: chr(ord(m.group()) + shift), value)
+    if isinstance(value, dict):
+        return {_map_strings(k, pattern, shift): _map_strings(v, pattern, shift) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_strings(v, pattern, shift) for v in value)
+    return value
+
+
+def _yaml_with_raw_bytes() -> None:
+    """jsonargparse's YAML loader and dumper with undecodable file-name bytes (see ``_RAW_BYTES``), once."""
+    import yaml
+    from jsonargparse import get_loader, set_dumper, set_loader
+
+    load = get_loader("yaml")
+    if getattr(load, "ctsr_raw_bytes", False):
+        return
+    shift = 0xF0000 - 0xDC00
+
+    def loader(text):
+        return _map_strings(load(_map_strings(text, _RAW_BYTES, shift)), _STAND_INS, -shift)
+
+    def dumper(data) -> str:  # jsonargparse's own yaml dump, with the stand-ins for undecodable bytes
+        return yaml.safe_dump(_map_strings(data, _RAW_BYTES, shift), default_flow_style=False, allow_unicode=True,
+                              sort_keys=False)
+
+    loader.ctsr_raw_bytes = True
+    set_loader("yaml", loader, (yaml.YAMLError,))
+    set_dumper("yaml", dumper)
 
 
 def _lightning_cli(args: list[str] | None = None):
@@ -57,6 +94,14 @@ def _lightning_cli(args: list[str] | None = None):
         write_run_info,
     )
 
+    class _FirstBatch(L.Callback):
+        """Marks the run folder as started at its first batch: a command that fails before it leaves no folder."""
+
+        def _started(self, trainer, *args) -> None:
+            _STARTED.add(Path(trainer.log_dir or trainer.default_root_dir))
+
+        on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _started
+
     class CTSRCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument("--resume_with_changes", type=bool, default=False,
@@ -69,6 +114,11 @@ def _lightning_cli(args: list[str] | None = None):
                                 help="with `fit --ckpt_path`: continue that checkpoint as a new run NAME (same "
                                      "save_dir, a new run id, the run it came from recorded in its run.json), e.g. "
                                      "from a copied run folder")
+
+        def init_parser(self, **kwargs):
+            # a command line that does not parse raises (one line from main()) instead of printing the usage block
+            kwargs.setdefault("exit_on_error", False)
+            return super().init_parser(**kwargs)
 
         def _parse_ckpt_path(self) -> None:
             """Lightning would overlay a checkpoint's saved hyperparameters on the config. Here the YAML (saved as
@@ -106,7 +156,7 @@ def _lightning_cli(args: list[str] | None = None):
 
         def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
             patience = self._get(self.config_init, "nonfinite_patience", 3)
-            callbacks = list(callbacks) + [RunGuard(patience)]
+            callbacks = list(callbacks) + [RunGuard(patience), _FirstBatch()]
             plugins = config.get("plugins")
             plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
             if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -137,7 +187,10 @@ def _lightning_cli(args: list[str] | None = None):
         def _take_folder(self) -> Path:
             run_dir = self._run_dir()
             if self._rank_zero():
+                created = _new_folder(run_dir)
                 _LOCKS.append(RunLock.acquire(run_dir))
+                if created is not None:  # removed again if the command fails before its first batch
+                    _NEW_RUNS[run_dir] = created
             return run_dir
 
         def _resolve_ckpt(self, ckpt, run_dir: Path) -> dict | None:
@@ -268,6 +321,32 @@ def _lightning_cli(args: list[str] | None = None):
     )
 
 
+_NEW_RUNS: dict[Path, Path] = {}  # run folder → the topmost folder this process created for it
+_STARTED: set[Path] = set()       # run folders whose command reached its first batch
+
+
+def _new_folder(run_dir: Path) -> Path | None:
+    """The topmost folder that creating ``run_dir`` would create (None when it exists)."""
+    top = None
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+        top = folder
+    return top
+
+
+def _remove_unstarted_runs() -> None:
+    """Remove the run folders (and their new parents) this process created for a command that failed before its
+    first batch: only start-up files are in them (run.json, config.yaml, an event file), never a checkpoint."""
+    import shutil
+
+    while _NEW_RUNS:
+        run_dir, top = _NEW_RUNS.popitem()
+        if run_dir in _STARTED or not top.is_dir() or any(top.rglob("*.ckpt")):
+            continue
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def _run_folder(ckpt: Path) -> Path:
     """The run folder of a checkpoint file: ``runs/x`` for ``runs/x/checkpoints/last.ckpt``."""
     parent = ckpt.parent
@@ -301,14 +380,32 @@ def _file_system_error(err: BaseException) -> CTSRError | None:
     return None
 
 
+def _usage_error(err: BaseException) -> CTSRError | None:
+    """One line for a command line jsonargparse could not parse (``argparse.ArgumentError``), else None."""
+    import argparse
+
+    from ctsr.errors import UsageError, shown
+
+    if not isinstance(err, argparse.ArgumentError):
+        return None
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return UsageError(f"{shown(text)} (`ctsr --help`, `ctsr fit --help` list the options)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every way a command ends is one line on stderr and an exit status: 0 success, 1 some inputs failed
+    (``upscale``), 2 an error the user can act on, 128 + N a signal, 70 a bug in ctsr (set ``CTSR_TRACEBACK=1`` for
+    the traceback). Runs that stop before their first step leave no run folder behind."""
     args = list(sys.argv[1:] if argv is None else argv)
+    finished = False
     try:
         if args and args[0] in TOOLS:
             import importlib
 
             return int(importlib.import_module(TOOLS[args[0]][0]).main(args[1:]) or 0)
+        _yaml_with_raw_bytes()
         _lightning_cli(argv)
+        finished = True
         return 0
     except CTSRError as err:
         return _report(err)
@@ -319,18 +416,35 @@ def main(argv: list[str] | None = None) -> int:
             print("ctsr: interrupted: SIGTERM before the first training step; nothing to save", file=sys.stderr)
             return 143
         raise
+    except KeyboardInterrupt:  # Ctrl-C outside training (training saves its step first: ctsr.lit.common.RunGuard)
+        if os.environ.get("CTSR_TRACEBACK"):
+            raise
+        print("ctsr: interrupted: Ctrl-C", file=sys.stderr)
+        return 130
     except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
         cause = err
         while cause is not None and not isinstance(cause, CTSRError):
             cause = cause.__cause__ or cause.__context__
         if cause is None:  # a full disk or a read-only folder met by a library's own writer (TensorBoard, …)
             cause = _file_system_error(err)
-        if cause is None or os.environ.get("CTSR_TRACEBACK"):
+        if cause is None:
+            cause = _usage_error(err)
+        if os.environ.get("CTSR_TRACEBACK"):
             raise
+        if cause is None:  # not the input's fault: say so in one line, and how to get the traceback for a report
+            from ctsr.errors import describe, shown
+
+            print(f"ctsr: internal error: {shown(describe(err))}. This is a bug in ctsr, not in your input: run "
+                  f"again with CTSR_TRACEBACK=1 and report the traceback", file=sys.stderr)
+            return 70
         return _report(cause)
     finally:
         while _LOCKS:
             _LOCKS.pop().release()
+        if finished:
+            _NEW_RUNS.clear()
+        _remove_unstarted_runs()
+        _STARTED.clear()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 (:class:`Interrupted`: 128 + the signal number, as a shell reports a process ended by that signal)."""
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -98,3 +99,45 @@ def shown(path: Any) -> str:
     except TypeError:
         return str(path)
     return raw.decode("utf-8", "backslashreplace")
+
+
+class UsageError(ConfigError):
+    """A command line that does not parse (an unknown option, a missing argument): one line, exit status 2."""
+
+
+def _looks_like_a_dashed_name(arg: str, options: set[str]) -> bool:
+    """``-photo.png``: a file name that argparse takes for an option (not one of ``options``, nor a number)."""
+    if not arg.startswith("-") or arg in ("-", "--"):
+        return False
+    head = arg.split("=", 1)[0]
+    if any(o == head or (head.startswith("--") and o.startswith(head)) for o in options):
+        return False
+    try:
+        float(arg)
+        return False
+    except ValueError:
+        return True
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for ctsr's tools: a command line that does not parse is one :class:`UsageError` line (what is wrong,
+    where the options are listed; for a file name that starts with '-', how to write it) instead of the usage block
+    and an exit."""
+
+    _seen: list[str] | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        import sys
+
+        self._seen = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        options = {o for action in self._actions for o in action.option_strings}
+        dashed = [a for a in self._seen or [] if _looks_like_a_dashed_name(a, options)]
+        hint = ""
+        if dashed:
+            name = shown(dashed[0])
+            hint = (f"; '{name}' starts with '-', which marks an option: write it as ./{name}, or put -- before "
+                    f"the file names")
+        raise UsageError(f"{message}{hint} (`{self.prog} --help` lists the options)")

@@ -390,22 +390,38 @@ def test_random_mode_builds_every_metric_with_finite_scores(random_suite):
     assert out["fid"] > 0 and 0 < out["ssim"] < 1 and out["lpips"] > 0 and out["lpips_vgg"] > 0
 
 
-def test_random_mode_on_64px_and_fid_with_one_image_is_nan(random_suite):
-    suite = random_suite.clone()
+def test_random_mode_on_64px_skips_niqe_and_fid_with_one_image_is_nan(random_suite):
+    # MANIQA is left out for time: it upsamples anything under 224 px, as in the test above
+    suite = random_suite.subset([n for n in METRIC_NAMES if n != "maniqa"])
     g = torch.Generator().manual_seed(1)
     sr, hr = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
-    with pytest.raises(ValueError, match="'niqe' needs images of at least 96x96"):
-        suite.update(sr, hr)  # NIQE has no 96x96 block; the error says so before any metric is updated
-    assert all(int(m.update_count) == 0 for m in suite.metrics.values())
-    # The others on 64x64 (MANIQA is left out for time: it upsamples anything under 224 px, as in the test above).
-    for name, metric in suite.metrics.items():
-        if name not in ("niqe", "maniqa"):
-            metric.update(sr, hr)
+    assert suite.too_small(64, 64) == ["niqe"]
+    suite.update(sr, hr)  # NIQE has no 96x96 block: skipped for this image and counted, the others score it
+    assert suite.skipped == {"niqe": 1} and int(suite.metrics["niqe"].update_count) == 0
+    assert "niqe (needs 96×96: 1 image(s) skipped, 0 scored)" in suite.skipped_note()
     with pytest.warns(UserWarning, match="FID needs at least 2"):
-        fid = suite.metrics["fid"].compute()
-    assert torch.isnan(fid)
-    others = {n: suite.metrics[n].compute().item() for n in suite.names if n not in ("fid", "niqe", "maniqa")}
-    assert all(np.isfinite(v) for v in others.values()), others
+        out = suite.compute()
+    assert "niqe" not in out and np.isnan(out["fid"])  # no NIQE column: no image it could score
+    others = {n: v for n, v in out.items() if n != "fid"}
+    assert set(others) == set(suite.names) - {"niqe", "fid"} and all(np.isfinite(v) for v in others.values()), out
+
+
+def test_every_metric_takes_its_smallest_image_and_skips_smaller_ones(random_suite):
+    """MIN_SIZES are the real limits of the networks: each metric scores an image of its minimum side and skips
+    one pixel less (no error from inside a network, e.g. LPIPS' 'Kernel size can't be greater than actual input
+    size'); a 1-pixel image is skipped by all but the metrics that take any size."""
+    from ctsr.metrics.suite import MIN_SIZES
+
+    g = torch.Generator().manual_seed(2)
+    for name, side in MIN_SIZES.items():
+        suite = random_suite.subset([name])
+        for s, skipped in ((side, {}), (side - 1, {name: 1})):
+            x, y = torch.rand(1, 3, s, s + 7, generator=g), torch.rand(1, 3, s, s + 7, generator=g)
+            suite.update(x, y)
+            assert suite.scored == {name: 1} and suite.skipped == skipped, (name, s)
+        assert np.isfinite(suite.compute()[name])
+    tiny = random_suite.subset(["psnr", "dists", "musiq"])
+    assert tiny.too_small(1, 1) == []
 
 
 def test_random_mode_is_reproducible_and_clone_shares_networks(random_suite):

@@ -20,6 +20,7 @@ A stage-1 model (no control) is evaluated once, as the row ``t = 0``.
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,13 +156,33 @@ def write_tables(folder: Path, rows: dict[float, dict[str, float]], protocol: st
     write_table(folder, table, stem)
 
 
+def evaluated_model(trainer: L.Trainer, pl_module: L.LightningModule) -> dict | None:
+    """Which model a table's sweep measured, for ``ctsr select-t`` to refuse another run's or stage's table: an
+    evaluated file's ``source`` (the run and stage it was trained in, and the file), else the training run of this
+    folder (``run.json``) at this step."""
+    from ctsr.runs import read_run_info
+
+    stage = 2 if controllable(pl_module) else 1
+    hparams = getattr(pl_module, "hparams", None)
+    if hparams is not None and "model_path" in hparams:  # `ctsr test/validate` of a trained file (TrainedModel)
+        source = getattr(getattr(pl_module, "model", None), "source", None) or {}
+        file = hparams["model_path"]
+        return {"run": source.get("run"), "path": source.get("path"), "stage": source.get("stage", stage),
+                "step": source.get("step"), "file": None if file is None else str(file)}
+    info = read_run_info(Path(trainer.log_dir or trainer.default_root_dir), strict=False)
+    return {"run": info["id"] if info else None, "path": info.get("path") if info else None, "stage": stage,
+            "step": trainer.global_step}
+
+
 class TSweepEvaluation(Callback):
     """Evaluate every t of ``t_values`` on the validation (during ``fit``/``validate``) and test sets.
 
     Args:
         t_values: the control values (each in [0, 1]).
-        use_selected_t: evaluate only the t recorded in the model file by ``ctsr select-t`` (``t_values`` is
-            then ignored); the table's notes say how it was chosen.
+        use_selected_t: ``true``: evaluate only the t recorded in the model file by ``ctsr select-t`` (``t_values``
+            is then ignored; the table's notes say how it was chosen); ``false``: always ``t_values``; ``null``
+            (default): the recorded t on the test set (``ctsr test``, ``predict``) when the model records one, said
+            in one line, else ``t_values`` — validation always sweeps ``t_values`` (what ``select-t`` chooses from).
         metrics: metric names (``--metrics`` selects a subset; the others need no weights). Default: OSEDiff's
             set (PSNR, SSIM, LPIPS-Alex, DISTS, FID, NIQE, MUSIQ, MANIQA-PIPAL, CLIPIQA); ``lpips_vgg`` on request.
         color_space / crop_border: the PSNR/SSIM protocol (OSEDiff: y, 0), printed with every table.
@@ -181,7 +202,7 @@ class TSweepEvaluation(Callback):
     def __init__(
         self,
         t_values: list[float] = list(DEFAULT_T),
-        use_selected_t: bool = False,
+        use_selected_t: bool | None = None,
         metrics: list[str] = list(DEFAULT_METRICS),
         color_space: Literal["y", "rgb"] = "y",
         crop_border: int = 0,
@@ -221,14 +242,22 @@ class TSweepEvaluation(Callback):
         self.last_rows: dict[float, dict[str, float]] = {}
 
     # -- per epoch ------------------------------------------------------------------------------------------------
-    def _ts(self, pl_module: L.LightningModule) -> list[float]:
+    def _ts(self, pl_module: L.LightningModule, split: str = "test") -> list[float]:
+        self._selection = None
         if not controllable(pl_module):
             return [0.0]
-        if not self.use_selected_t:
+        if self.use_selected_t is False or (self.use_selected_t is None and split == "val"):
             return self.t_values
         from ctsr.evaluation.select_t import selection_of
 
         self._selection = selection_of(pl_module)
+        if self._selection is None and self.use_selected_t is None:
+            return self.t_values
+        if self._selection is not None and self.use_selected_t is None:
+            from ctsr.models.export import describe_selection
+
+            print(f"ctsr {split}: evaluating the model's {describe_selection(self._selection)} only; "
+                  f"use_selected_t: false sweeps t_values", file=sys.stderr)
         if self._selection is None:
             raise ConfigError(
                 "use_selected_t: the model file records no selected t; choose one on a validation split with "
@@ -254,7 +283,7 @@ class TSweepEvaluation(Callback):
         return self._distance_prototype.to(device)
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
-        ts = self._ts(pl_module)
+        ts = self._ts(pl_module, split)
         self._prototype.to(pl_module.device)
         self.suites = {t: self._prototype.clone().to(pl_module.device) for t in ts}
         self.distances = {}
@@ -331,8 +360,13 @@ class TSweepEvaluation(Callback):
         if not trainer.is_global_zero:
             return
         title = f"{split} metrics at step {trainer.global_step}"
+        notes = self._notes()
+        skipped = next((s.skipped_note() for s in self.suites.values() if s.skipped_note()), None)
+        if skipped:  # images smaller than a metric accepts: skipped for it (ctsr.metrics.suite.MIN_SIZES)
+            notes.append(f"{skipped[0].upper()}{skipped[1:]}.")
+            print(f"ctsr: warning: {split}: {skipped}", file=sys.stderr)
         table = Table([Row(self.method, t, row) for t, row in sorted(rows.items())], self._settings(), title,
-                      self._notes(), split=split)
+                      notes, split=split, model=evaluated_model(trainer, pl_module))
         try:
             existing = read_table(folder, self.table_stem)
         except ConfigError:
@@ -341,8 +375,8 @@ class TSweepEvaluation(Callback):
             others = [r for r in existing.rows if r.method != self.method]
             if others and existing.settings == table.settings:
                 kept = tuple({r.method for r in others})  # the notes of `ctsr score` rows start with their name
-                table = Table(others, table.settings, split=split).merge(table)
-                table.notes = self._notes() + [n for n in existing.notes if n.startswith(kept)]
+                table = Table(others, table.settings, split=split, model=table.model).merge(table)
+                table.notes = notes + [n for n in existing.notes if n.startswith(kept)]
             elif others:
                 warnings.warn(f"{folder / self.table_stem}.*: rows of {sorted({r.method for r in others})} were "
                               f"scored under another protocol and are replaced", stacklevel=2)

@@ -22,10 +22,11 @@ from ctsr.data.datasets import (
     HRValDataset,
     PairedDataset,
     collect_files,
+    missing_folder_hint,
 )
 from ctsr.data.degradations import RealESRGANDegradation, usm_sharp
 from ctsr.data.images import list_images
-from ctsr.errors import DataError, check
+from ctsr.errors import DataError, check, shown
 
 
 class ResumableLoader(DataLoader):
@@ -122,7 +123,8 @@ class SRDataModule(L.LightningDataModule):
         sets = []
         for d in dirs:
             if not Path(d).is_dir() or not list_images(d):
-                raise DataError(f"data.{flag}_dirs: folder '{d}' is missing or holds no images")
+                raise DataError(f"data.{flag}_dirs: folder '{shown(d)}' is missing or holds no images; "
+                                f"{missing_folder_hint(d)}")
             sets.append(HRValDataset(list_images(d), self.val_crop_size))
         sets += [PairedDataset(lr, hr, self.val_crop_size) for lr, hr in pairs]
         return ConcatDataset(sets) if sets else None

@@ -12,6 +12,7 @@ this item, so the data module can count and log them from the main process.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 from pathlib import Path
@@ -29,14 +30,15 @@ MAX_CONSECUTIVE_SKIPS = 50
 
 
 def path_seed(path: str | Path) -> int:
-    """A stable 63-bit seed from a file name: the same image gets the same degradation in every run."""
-    return int.from_bytes(hashlib.sha256(Path(path).name.encode()).digest()[:8], "little") >> 1
+    """A stable 63-bit seed from a file name: the same image gets the same degradation in every run. The name's
+    bytes as the file system holds them (a name that is not valid UTF-8 too)."""
+    return int.from_bytes(hashlib.sha256(os.fsencode(Path(path).name)).digest()[:8], "little") >> 1
 
 
 def mix_seed(*parts: int | str) -> int:
     """A 63-bit seed from several integers (seed, epoch, index, …), the same in every process and run."""
     text = "/".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "little") >> 1
 
 
 class EpochSampler(Sampler):
@@ -90,16 +92,28 @@ def read_meta_file(meta: str | Path) -> list[Path]:
     return files
 
 
+def missing_folder_hint(folder: str | Path) -> str:
+    """What to do about a data folder that is missing or empty: the sample photos are made by ``make samples``."""
+    parts = Path(folder).parts
+    if "samples" in parts:
+        return ("the sample photos are written by `make samples` (or `python data/make_samples.py`), run from the "
+                "project folder")
+    return "give the folder that holds the images (data/README.md lists the data sets and where they go)"
+
+
 def collect_files(folders: list[str], meta_files: list[str], flag: str) -> list[Path]:
     """All images of several folders and meta lists, merged (as the paper merges DIV2K, LSDIR, …)."""
+    from ctsr.errors import shown
+
     files: list[Path] = []
     for folder in folders:
         root = Path(folder).expanduser()
         if not root.is_dir():
-            raise DataError(f"{flag}: folder '{folder}' does not exist")
+            raise DataError(f"{flag}: folder '{shown(folder)}' does not exist; {missing_folder_hint(folder)}")
         found = list_images(root)
         if not found:
-            raise DataError(f"{flag}: folder '{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"{flag}: folder '{shown(folder)}' holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            f"{missing_folder_hint(folder)}")
         files += found
     for meta in meta_files:
         listed = read_meta_file(meta)

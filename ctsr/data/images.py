@@ -15,6 +15,10 @@ from PIL import Image, ImageFile, ImageOps
 from torch import Tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# The largest image ctsr decodes, in pixels (width × height): PIL's own decompression-bomb limit (MAX_IMAGE_PIXELS,
+# 89 478 485 ≈ 9459²), pinned here so that no other library's setting moves it. A larger image (a small file can
+# declare 400 MP of zeros) is refused from its header, before any pixel is decoded (docs/reliability.md).
+MAX_PIXELS = 89_478_485
 
 
 class UnreadableImage(Exception):
@@ -36,8 +40,8 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr = np.clip(arr / peak, 0, 1)
         return np.repeat(arr[..., None], 3, axis=2)
-    if img.mode == "F":
-        arr = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
+    if img.mode == "F":  # 32-bit float TIFF: NaN/inf pixels become 0/1, never NaN into a network
+        arr = np.clip(np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
         return np.repeat(arr[..., None], 3, axis=2)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -70,6 +74,10 @@ def peek_size(path: str | Path) -> tuple[int, int] | None:
 def read_image(path: str | Path) -> Tensor:
     """(3,H,W) float32 in [0,1], upright (EXIF orientation applied). Raises :class:`UnreadableImage`."""
     path = Path(path)
+    size = peek_size(path)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise UnreadableImage(path, f"{size[0]}×{size[1]} = {size[0] * size[1]:,} pixels, above the {MAX_PIXELS:,} "
+                                    f"ctsr decodes (a guard against decompression bombs); downscale or split it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -77,12 +85,15 @@ def read_image(path: str | Path) -> Tensor:
             ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
             try:
                 with Image.open(path) as img:
+                    if img.size[0] * img.size[1] > MAX_PIXELS:  # PIL's own check follows its global setting
+                        raise Image.DecompressionBombError(f"{img.size[0]}×{img.size[1]} pixels")
                     img.load()
                     img = ImageOps.exif_transpose(img)
                     arr = _to_rgb_array(img)
             finally:
                 ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as err:
         raise UnreadableImage(path, f"{type(err).__name__}: {err}") from None
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise UnreadableImage(path, "empty image")

@@ -23,20 +23,21 @@ looking at the test set is what this command exists to avoid.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 from ctsr.checkpoints import (
     atomic_write_files,
     check_writable,
+    json_meta,
     read_safetensors,
     safetensors_metadata,
     sweep_temp_files,
 )
-from ctsr.errors import ConfigError, MissingWeightsError, check, shown
+from ctsr.errors import ArgumentParser, ConfigError, MissingWeightsError, check, shown
 from ctsr.evaluation.tables import SWEEP_METHOD, read_table
 from ctsr.metrics import HIGHER_IS_BETTER
 
@@ -91,8 +92,53 @@ def select_t(rows: dict[float, dict[str, float]], rule: str = "psnr-drop", max_p
 # -- the model file ------------------------------------------------------------------------------------------------
 def read_selection(path: str | Path) -> dict | None:
     """The ``selected_t`` record of a model file (None when there is none); only the file's header is read."""
-    text = safetensors_metadata(path, "--model").get(METADATA_KEY)
-    return None if text is None else json.loads(text)
+    from ctsr.models.control import check_selection
+
+    meta = safetensors_metadata(path, "--model")
+    if METADATA_KEY not in meta:
+        return None
+    record = json_meta(meta, METADATA_KEY, path)
+    check_selection(record, f"'{shown(path)}': metadata '{METADATA_KEY}'")
+    return record
+
+
+def model_source(path: str | Path) -> dict | None:
+    """The ``source`` record of a model file (the run and stage it was trained in), None for files exported before
+    ctsr recorded it; only the header is read."""
+    meta = safetensors_metadata(path, "--model")
+    return json_meta(meta, "source", path) if "source" in meta else None
+
+
+def _run_text(record: dict | None) -> str:
+    if not record or not record.get("run"):
+        return "an unrecorded run"
+    where = f" ({shown(record['path'])})" if record.get("path") else ""
+    return f"run {str(record['run'])[:8]}{where}"
+
+
+def check_table_is_the_models(table, folder: Path, model: Path) -> str | None:
+    """Refuse a table measured on another model than ``model``: another stage (model files are stage 2), or another
+    training run, naming both. Returns a warning line when the table or the file does not record enough to tell
+    (written before ctsr recorded it), else None."""
+    measured, source = table.model, model_source(model)
+    if measured is None:
+        return (f"'{shown(folder)}' does not record which model it measured (written by an older ctsr): make sure "
+                f"it is a validation sweep of '{shown(model)}'")
+    if measured.get("stage") != 2:
+        raise ConfigError(
+            f"TABLE: '{shown(folder)}' was measured on a stage-{measured.get('stage', '?')} model "
+            f"({_run_text(measured)}); '{shown(model)}' is a stage-2 model ({_run_text(source)}). Choose t on a "
+            f"validation sweep of this model: `ctsr validate --config experiments/eval.yaml "
+            f"--model.init_args.model_path {shown(model)} --data.init_args.val_pairs …`")
+    if source is None or not source.get("run") or not measured.get("run"):
+        return (f"cannot tell whether '{shown(folder)}' measured '{shown(model)}' (the "
+                f"{'model file' if source is None or not source.get('run') else 'table'} records no training run)")
+    if source["run"] != measured["run"]:
+        raise ConfigError(
+            f"TABLE: '{shown(folder)}' measured a model of {_run_text(measured)}, but '{shown(model)}' comes from "
+            f"{_run_text(source)}: a t chosen on another model's sweep does not hold for this one. Validate this "
+            f"model (`ctsr validate … --model.init_args.model_path {shown(model)}`) and select on that table")
+    return None
 
 
 def record_selection(path: str | Path, selection: dict) -> None:
@@ -125,15 +171,16 @@ def selection_of(pl_module) -> dict | None:
         record = read_selection(path)
         if record is not None:
             return record
-    t = getattr(getattr(pl_module, "model", None), "selected_t", None)
-    if isinstance(t, dict):
-        return t
-    return None if t is None else {"t": float(t), "rule": "unknown", "split": "unknown"}
+    model = getattr(pl_module, "model", None)
+    t = getattr(model, "selected_t", None)
+    if t is None:
+        return None
+    return {"rule": "unknown", "split": "unknown", **(getattr(model, "selected_t_record", None) or {}), "t": float(t)}
 
 
 # -- the command line ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ctsr select-t",
         description="Choose t on a validation t-sweep table by a stated rule and record it in the model file.",
     )
@@ -164,15 +211,34 @@ def main(argv: list[str] | None = None) -> int:
     rows = {r.t: {k: v for k, v in r.values.items() if v is not None} for r in table.rows
             if r.method == args.method and r.t is not None}
     if not rows:
-        raise ConfigError(f"TABLE: '{folder}' has no rows of '{args.method}' with a t")
+        raise ConfigError(f"TABLE: '{shown(folder)}' has no rows of '{args.method}' with a t")
+    if len(rows) < 2:
+        raise ConfigError(
+            f"TABLE: '{shown(folder)}' has rows for t = {', '.join(f'{t:g}' for t in rows)} only: nothing to choose "
+            f"from (a stage-1 run's table?). Select on a t sweep of this model's validation run "
+            f"(`ctsr validate --config experiments/eval.yaml --model.init_args.model_path {shown(args.model)} …`)")
+    model = Path(args.model)
+    if not model.is_file():
+        raise MissingWeightsError(f"--model: model file '{shown(model)}' not found")
+    check(model.suffix == ".safetensors", "--model",
+          f"needs an exported .safetensors file (`ctsr export`), got '{shown(model)}'")
+    warning = check_table_is_the_models(table, folder, model)
+    if warning:
+        print(f"ctsr select-t: warning: {warning}", file=sys.stderr)
     t, params = select_t(rows, args.rule, args.max_psnr_drop, args.fidelity_weight)
     split = args.split or f"{folder} ({table.split or 'unknown split'})"
     selection = {"t": t, "rule": args.rule, "params": params, "split": split, "metrics": rows[t]}
     for s in sorted(rows):
         mark = "  <- selected" if s == t else ""
         print(f"t={s:g}: " + ", ".join(f"{k} {v:.4g}" for k, v in rows[s].items()) + mark)
-    print(f"selected t = {t:g} by {args.rule} {params} on {split}")
+    print(f"selected t = {t:g} by {args.rule} {params} on {shown(split)}")
+    previous = read_selection(model)
+    if previous is not None and not args.dry_run:
+        same = float(previous["t"]) == t
+        print(f"ctsr select-t: {'keeps' if same else 'replaces'} the recorded t = {float(previous['t']):g} "
+              f"(rule {shown(previous.get('rule', '?'))}, split {shown(previous.get('split', '?'))})",
+              file=sys.stderr)
     if not args.dry_run:
-        record_selection(args.model, selection)
-        print(f"recorded in '{shown(args.model)}' (metadata '{METADATA_KEY}')")
+        record_selection(model, selection)
+        print(f"recorded in '{shown(model)}' (metadata '{METADATA_KEY}')")
     return 0

@@ -45,6 +45,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     protocol_text: str | None = None  # a given protocol line instead of the one the settings make
     split: str | None = None  # what the rows were measured on: 'val', 'test', or a name given to `ctsr score`
+    model: dict | None = None  # the model the sweep rows measured: {"run", "path", "stage", "step", "file"}
 
     def columns(self) -> list[str]:
         present = {n for r in self.rows for n in r.values}
@@ -72,7 +73,7 @@ class Table:
         rows = [r for r in self.rows if r.key not in new] + list(other.rows)
         notes = list(dict.fromkeys(self.notes + other.notes))
         return Table(_ordered(rows), self.settings, other.title, notes, other.protocol_text or self.protocol_text,
-                     other.split or self.split)
+                     other.split or self.split, other.model or self.model)
 
 
 def _ordered(rows: list[Row]) -> list[Row]:
@@ -112,7 +113,7 @@ def write_table(folder: str | Path, table: Table, stem: str = "metrics") -> list
     for r in table.rows:
         md.append("| " + " | ".join(label(r) + [_fmt(n, r.values.get(n)) for n in names]) + " |")
     record = {"title": table.title, "settings": table.settings, "notes": table.notes, "protocol": table.protocol(),
-              "split": table.split,
+              "split": table.split, "model": table.model,
               "rows": [{"method": r.method, "t": r.t, "values": r.values} for r in table.rows]}
     paths = [folder / f"{stem}.{ext}" for ext in ("csv", "md", "json")]
     texts = ("\n".join(lines) + "\n", "\n".join(md) + "\n", json.dumps(record, indent=1) + "\n")
@@ -139,7 +140,8 @@ def read_table(folder: str | Path, stem: str = "metrics") -> Table | None:
                 for r in record["rows"]]
         settings = dict(record["settings"])
         text = None if settings else record.get("protocol")  # a table written with a given protocol line
+        model = record.get("model")
         return Table(rows, settings, record.get("title", "metrics"), list(record.get("notes", [])), text,
-                     record.get("split"))
-    except (ValueError, KeyError, TypeError) as err:
+                     record.get("split"), model if isinstance(model, dict) else None)
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
         raise ConfigError(f"'{path}' is not a metrics record written by ctsr ({err}); move it away") from None

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, peek_size, read_image, write_image
-from ctsr.errors import ConfigError, check, describe
+from ctsr.errors import ArgumentParser, ConfigError, check, describe
 from ctsr.inference import upscale
 from ctsr.inference.upscale import Upscaler, UpscaleState, t_suffix
 
@@ -41,7 +41,7 @@ UPSCALE_OPTIONS = ("device", "precision", "batch_size", "tile", "tile_overlap", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ctsr demo",
         description="A local web page with a t slider (0 = realness end, 1 = fidelity end): upload an image, see "
         "the LR and the ×4 result beside the bicubic upscale; moving the slider only decodes (z0 and the velocity "
@@ -260,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     check(1 <= args.port <= 65535, "--port", f"must lie in [1, 65535], got {args.port}")
     check(args.max_pixels >= 1, "--max-pixels", f"must be ≥ 1, got {args.max_pixels}")
     check(args.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {args.batch_size}")
-    check(args.control_steps is None or args.control_steps >= 1, "--control-steps",
-          f"must be ≥ 1, got {args.control_steps}")
+    from ctsr.models.control import MAX_CONTROL_STEPS
+
+    check(args.control_steps is None or 1 <= args.control_steps <= MAX_CONTROL_STEPS, "--control-steps",
+          f"must lie in [1, {MAX_CONTROL_STEPS}], got {args.control_steps}")
     if args.screenshot is not None:
         check(args.image is not None and args.image.is_file(), "--image",
               f"give the image to upload for --screenshot (got {args.image})")
@@ -279,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     controllable = getattr(model, "supports_control", True)
     default_t = model.selected_t if getattr(model, "selected_t", None) is not None else 0.5
     initial_t = default_t if args.initial_t is None or args.screenshot is not None else args.initial_t
+    if args.initial_t is None and getattr(model, "selected_t", None) is not None and controllable:
+        from ctsr.models.export import describe_selection
+
+        record = {**model.selected_t_record, "t": model.selected_t}
+        print(f"ctsr demo: the slider starts at the model's {describe_selection(record)}; --t overrides it",
+              file=sys.stderr)
     initial_t = upscale.check_t_values(model, [initial_t if controllable else 0.0])[0]
     # --screenshot: the page starts at the default t and the slider is moved to --t (0.7 when not given)
     shot_t = upscale.check_t_values(model, [args.initial_t if args.initial_t is not None else 0.7])[0]

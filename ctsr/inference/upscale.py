@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ctsr.checkpoints import atomic_write, check_writable, sweep_temp_files
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, peek_size, read_image, write_image
-from ctsr.errors import ConfigError, CTSRError, check, describe, shown
+from ctsr.errors import ArgumentParser, ConfigError, CTSRError, check, describe, shown
 from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
 from ctsr.inference.tiling import SHARED_NORMS, lr_multiple, pad_to_multiple, tiled_inference
 
@@ -353,7 +353,7 @@ def _prepare_outputs(jobs: list[Job]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ctsr upscale",
         description="Super-resolve images ×4 with a trained CTSR model at one or several control values t "
         "(0 = realness end, 1 = fidelity end). Any image size (tiled); existing outputs are kept unless --overwrite.",
@@ -363,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, "
                    "a run folder (its newest checkpoint), a CTSR folder, or a Hugging Face Hub id "
                    "owner/name[@revision]")
-    p.add_argument("--t", type=float, nargs="+", default=[0.0], metavar="T",
-                   help="control value(s) in [0, 1], default 0; several write <name>_t<T>.<ext> each")
+    p.add_argument("--t", type=float, nargs="+", default=None, metavar="T",
+                   help="control value(s) in [0, 1]; several write <name>_t<T>.<ext> each. Default: the t recorded "
+                   "in the model file by `ctsr select-t` (printed), else 0")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
                    help="default auto: bf16 on CUDA, fp32 on the CPU")
@@ -396,15 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from ctsr.models.export import load_model, report_source
+    from ctsr.models.control import MAX_CONTROL_STEPS
+    from ctsr.models.export import describe_selection, load_model, recorded_selection, report_source
 
     args = build_parser().parse_args(argv)
     check(1 <= args.quality <= 100, "--quality", f"must lie in [1, 100], got {args.quality}")
-    check(args.control_steps is None or args.control_steps >= 1, "--control-steps",
-          f"must be ≥ 1, got {args.control_steps}")
-    ts = check_t_values(None, args.t)
+    check(args.control_steps is None or 1 <= args.control_steps <= MAX_CONTROL_STEPS, "--control-steps",
+          f"must lie in [1, {MAX_CONTROL_STEPS}], got {args.control_steps}")
+    if args.t is not None:
+        check_t_values(None, args.t)
     check(args.tile >= 0, "--tile", f"must be ≥ 0 (0: no tiling), got {args.tile}")
     check(args.vae_tile >= 0, "--vae-tile", f"must be ≥ 0 (0: no tiling), got {args.vae_tile}")
+    source = report_source(args.ckpt, "ctsr upscale")
+    if args.t is None:  # the model's own t (`ctsr select-t`), read from its file's header, else the realness end
+        selected = recorded_selection(source)
+        args.t = [0.0 if selected is None else float(selected["t"])]
+        if selected is not None:
+            print(f"ctsr upscale: using the model's {describe_selection(selected)}; --t overrides it",
+                  file=sys.stderr)
+    ts = check_t_values(None, args.t)
     jobs, kept = plan_jobs(args.input, args.output, ts, args.format, args.overwrite)
     unusable, other = unusable_inputs(args.input)
     for path, reason in unusable:
@@ -417,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if unusable else 0
     _prepare_outputs(jobs)
     device = resolve_device(args.device)  # before loading: a wrong device fails fast
-    model = load_model(report_source(args.ckpt, "ctsr upscale"), args.pretrained, args.osediff_lora)
+    model = load_model(source, args.pretrained, args.osediff_lora)
     check_t_values(model, ts)
     if args.control_steps is not None:
         model.control_steps = args.control_steps

@@ -15,14 +15,14 @@ class TrainedModel(L.LightningModule):
     Args:
         model_path: a model file; alternatively pass the checkpoint as ``--ckpt_path``.
         pretrained / osediff_lora: override the base-weight locations recorded in the file.
-        t: the control value of ``predict``.
+        t: the control value of ``predict``; None (default): the model's recorded ``selected_t``, else 0.
         fidelity_teacher: the fidelity teacher's SR model (``bicubic`` or a spandrel checkpoint: ResShift's,
             Real-ESRGAN's, …) whose image x_f = T_f(x_LR) the t sweep measures SR(t) against (``d_fidelity_*``
             columns); None: no such columns.
     """
 
     def __init__(self, model_path: str | None = None, pretrained: str | None = None,
-                 osediff_lora: str | None = None, t: float = 0.0, fidelity_teacher: str | None = None) -> None:
+                 osediff_lora: str | None = None, t: float | None = None, fidelity_teacher: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = load_model(model_path, pretrained, osediff_lora) if model_path else None
@@ -44,7 +44,7 @@ class TrainedModel(L.LightningModule):
         if self.model is None:
             raise RuntimeError("no model: give --ckpt_path or --model.init_args.model_path")
 
-    def forward(self, x_lr: torch.Tensor, t=0.0) -> torch.Tensor:
+    def forward(self, x_lr: torch.Tensor, t=None) -> torch.Tensor:
         self._need_model()
         return self.model(x_lr, t)
 
@@ -59,5 +59,5 @@ class TrainedModel(L.LightningModule):
         from ctsr.callbacks.t_sweep import sweep_images
 
         self._need_model()
-        t = float(self.hparams.t)
+        t = float(self.model.default_t if self.hparams.t is None else self.hparams.t)
         return sweep_images(self, batch["lr"], [t])[t]

@@ -34,6 +34,10 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "psnr": True, "ssim": True, "lpips": False, "lpips_vgg": False, "dists": False, "fid": False,
     "niqe": False, "musiq": True, "maniqa": True, "clipiqa": True,
 }
+# The smallest side each metric's network accepts (measured on pyiqa's architectures: AlexNet, VGG16 and CLIP RN50
+# pool an image to nothing below these; SSIM's 11×11 window; NIQE's 96×96 blocks). Smaller images are skipped
+# for that metric (MetricSuite.update), never an error mid-run.
+MIN_SIZES: dict[str, int] = {"ssim": 11, "lpips": 31, "lpips_vgg": 16, "niqe": 96, "clipiqa": 31}
 _PROTOCOL = {
     "lpips": "LPIPS (pyiqa lpips: AlexNet, v0.1)", "lpips_vgg": "LPIPS-VGG (lpips package, v0.1)",
     "dists": "DISTS (pyiqa)", "fid": "FID (SR set vs HR set, clean-fid Inception as pyiqa fid)",
@@ -105,10 +109,22 @@ class MetricSuite(nn.Module):
         self.metrics = nn.ModuleDict({name: self._build(name) for name in self.names})
         self.train(False)
 
+    def min_size(self, name: str) -> int:
+        """The smallest image side ``name`` scores (its network's limit; PSNR/SSIM: after ``crop_border``)."""
+        border = 2 * self.crop_border if name in ("psnr", "ssim") else 0
+        scorer = getattr(self.metrics[name], "scorer", None) if name in self.metrics else None
+        return max(MIN_SIZES.get(name, 1), getattr(scorer, "min_size", 0)) + border
+
+    def too_small(self, height: int, width: int) -> list[str]:
+        """The metrics of this suite that cannot score an image of this size."""
+        return [n for n in self.names if min(height, width) < self.min_size(n)]
+
     def _settings(self, names: tuple[str, ...], color_space: ColorSpace, crop_border: int, weights: Weights,
                   quantize: bool) -> None:
         self.names = names
         self.color_space, self.crop_border, self.weights, self.quantize = color_space, crop_border, weights, quantize
+        self.skipped: dict[str, int] = {}  # images each metric passed over (too small for it: min_size)
+        self.scored: dict[str, int] = {}   # images each metric scored
         self.higher_is_better = {n: HIGHER_IS_BETTER[n] for n in names}
         self.columns = {n: column_name(n) for n in names}
 
@@ -135,29 +151,38 @@ class MetricSuite(nn.Module):
                 raise ValueError(f"sr must be (B, 3, H, W), and {needs} need the HR image too; got {tuple(sr.shape)}")
         elif sr.shape != hr.shape or sr.ndim != 4 or sr.shape[1] != 3:
             raise ValueError(f"sr and hr must both be (B, 3, H, W); got {tuple(sr.shape)} and {tuple(hr.shape)}")
-        for name, metric in self.metrics.items():  # check before any state changes
-            min_size = getattr(getattr(metric, "scorer", None), "min_size", 0)
-            if min(sr.shape[-2:]) < min_size:
-                raise ValueError(
-                    f"metric '{name}' needs images of at least {min_size}x{min_size} pixels, got "
-                    f"{tuple(sr.shape[-2:])}; leave '{name}' out of `metrics` for smaller images."
-                )
+        small = set(self.too_small(*sr.shape[-2:]))  # those metrics skip this batch (counted in `skipped`)
+        for name in small:
+            self.skipped[name] = self.skipped.get(name, 0) + sr.shape[0]
         sr = sr.float().clamp(0, 1)
         hr = None if hr is None else hr.float().clamp(0, 1)
         if self.quantize:
             sr = quantize_8bit(sr)
             hr = None if hr is None else quantize_8bit(hr)
         with torch.autocast(device_type=sr.device.type, enabled=False):
-            for metric in self.metrics.values():
-                metric.update(sr, hr)
+            for name, metric in self.metrics.items():
+                if name not in small:
+                    metric.update(sr, hr)
+                    self.scored[name] = self.scored.get(name, 0) + sr.shape[0]
 
     def compute(self) -> dict[str, float]:
-        """{name: value} in the paper's column order (synchronised across DDP ranks by torchmetrics)."""
-        return {name: float(self.metrics[name].compute()) for name in self.names}
+        """{name: value} in the paper's column order (synchronised across DDP ranks by torchmetrics); a metric
+        that scored no image (every image too small for it: ``skipped``) is left out."""
+        return {name: float(self.metrics[name].compute()) for name in self.names
+                if self.scored.get(name, 0) > 0 or not self.skipped.get(name)}
+
+    def skipped_note(self) -> str | None:
+        """One line on the metrics that skipped images too small for them, None when none did."""
+        if not self.skipped:
+            return None
+        parts = [f"{n} (needs {self.min_size(n)}×{self.min_size(n)}: {k} image(s) skipped, "
+                 f"{self.scored.get(n, 0)} scored)" for n, k in self.skipped.items()]
+        return "images too small for " + "; ".join(parts)
 
     def reset(self) -> None:
         for metric in self.metrics.values():
             metric.reset()
+        self.skipped, self.scored = {}, {}
 
     def subset(self, names: Sequence[str]) -> MetricSuite:
         """A suite of some of these metrics, with empty states, sharing the networks."""

@@ -17,6 +17,7 @@ previous outputs.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from ctsr.checkpoints import atomic_write_files, json_meta, load_checkpoint, read_safetensors, require_finite
 from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, tau_of_t
-from ctsr.errors import ConfigError, MissingWeightsError, check
+from ctsr.errors import ConfigError, MissingWeightsError, check, shown
 from ctsr.models.generator import OneStepGenerator
 from ctsr.models.lora import UNET_TARGETS, add_lora, merge_and_remove_lora
 
@@ -130,6 +131,13 @@ class ControllableSR(nn.Module):
         self.stage1_lora: dict[str, Tensor] = {}  # kept (unmerged, small) for export
         self.selected_t: float | None = None      # the t chosen on a validation split (`ctsr select-t`), if any
         self.selected_t_record: dict = {}         # its rule, split and scores, kept through a re-export
+        self.source: dict | None = None           # the training run it comes from: {"run", "path", "stage", "step"}
+
+    @property
+    def default_t(self) -> float:
+        """The t used when none is given: the recorded ``selected_t`` (``ctsr select-t``), else 0 (the realness
+        end). ``model(x)``, ``ctsr upscale``, the demo and ``ctsr test`` all start from it."""
+        return 0.0 if self.selected_t is None else float(self.selected_t)
 
     @property
     def control_config(self) -> dict:
@@ -235,9 +243,10 @@ class ControllableSR(nn.Module):
             z = z + step * self.velocity(z, tau_of_t(t_index, self.tau_max))
         return torch.where(t.reshape(-1, 1, 1, 1) > 0, z, z0)
 
-    def forward(self, x_lr: Tensor, t=0.0) -> Tensor:
-        """x_LR (B,3,h,w) in [0,1], t ∈ [0,1] (float or per sample) → SR (B,3,4h,4w) in [0,1]."""
-        z = self.controlled_latent(self.z0(x_lr), t)
+    def forward(self, x_lr: Tensor, t=None) -> Tensor:
+        """x_LR (B,3,h,w) in [0,1], t ∈ [0,1] (float or per sample; None: :attr:`default_t`, the recorded
+        ``selected_t`` or 0) → SR (B,3,4h,4w) in [0,1]."""
+        z = self.controlled_latent(self.z0(x_lr), self.default_t if t is None else t)
         return (self.generator.decode(z) + 1) / 2
 
     @torch.no_grad()
@@ -272,6 +281,8 @@ class ControllableSR(nn.Module):
         }
         if self.selected_t is not None:
             meta["selected_t"] = json.dumps({**self.selected_t_record, "t": self.selected_t})
+        if self.source:
+            meta["source"] = json.dumps(self.source)
         path = Path(path)
         atomic_write_files([(path, save(tensors, metadata=meta))], "model file")
         return path
@@ -296,7 +307,7 @@ class ControllableSR(nn.Module):
             raise MissingWeightsError(f"CTSR model file '{path}' not found (write one with `ctsr export`)")
         tensors, meta = read_safetensors(path, "model file")
         gcfg, ccfg, selected = check_model_file(tensors, meta, path)
-        generator = generator_from_config(gcfg, pretrained, osediff_lora)
+        generator = generator_from_config(gcfg, pretrained, osediff_lora, f"'{shown(path)}': metadata 'generator'")
         stage1 = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
         model = cls.from_stage1(generator, stage1, control_rank=ccfg.pop("rank"),
                                 **control_kwargs(ccfg, control_steps))
@@ -305,32 +316,145 @@ class ControllableSR(nn.Module):
         if selected is not None:
             model.selected_t_record = selected
             model.selected_t = float(selected["t"])
+        if "source" in meta:
+            model.source = json_meta(meta, "source", path)
         return model.eval()
 
 
 def check_model_file(tensors: dict[str, Tensor], meta: dict[str, str], path: str | Path
                      ) -> tuple[dict, dict, dict | None]:
     """An exported model file's (generator config, control config, ``selected_t`` record or None), checked before
-    anything is built: CTSR metadata, a control rank, the stage-2 tensors, finite weights."""
+    anything is built: CTSR metadata (size, nesting, every key and type: :func:`check_generator_config`,
+    :func:`check_control_config`, :func:`check_selection`), LoRA ranks that match the file's tensors, the stage-2
+    tensors, finite weights."""
     if meta.get("format") != FORMAT:
-        raise ConfigError(f"'{path}' is not a CTSR model file (format {meta.get('format')!r}; write one with "
-                          f"`ctsr export`)")
+        raise ConfigError(f"'{shown(path)}' is not a CTSR model file (format {str(meta.get('format'))[:80]!r}; "
+                          f"write one with `ctsr export`)")
+    where = f"'{shown(path)}': metadata"
     generator, control = json_meta(meta, "generator", path), json_meta(meta, "control", path)
-    if not isinstance(control.get("rank"), int) or control["rank"] < 1:
-        raise ConfigError(f"'{path}': metadata 'control' lacks a valid 'rank'")
+    check_generator_config(generator, f"{where} 'generator'")
+    check_control_config(control, f"{where} 'control'")
     selected = json_meta(meta, "selected_t", path) if "selected_t" in meta else None
-    if selected is not None and not isinstance(selected.get("t"), (int, float)):
-        raise ConfigError(f"'{path}': metadata 'selected_t' lacks a number 't'")
-    if not isinstance(generator.get("pretrained", ""), str):
-        raise ConfigError(f"'{path}': metadata 'generator' has no valid 'pretrained' entry")
+    if selected is not None:
+        check_selection(selected, f"{where} 'selected_t'")
+    if "source" in meta:
+        json_meta(meta, "source", path)
     if not any(k.startswith("stage2.") for k in tensors):
-        raise ConfigError(f"'{path}' lacks the stage-2 (control) LoRA tensors of a CTSR model file")
+        raise ConfigError(f"'{shown(path)}' lacks the stage-2 (control) LoRA tensors of a CTSR model file")
+    stage1 = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
+    control_lora = {k[len("stage2.unet."):]: v for k, v in tensors.items() if k.startswith("stage2.unet.")}
+    check_lora_ranks(generator, stage1, control_lora, control["rank"], f"'{shown(path)}'")
     require_finite(tensors, path)
     return generator, control, selected
 
 
-def generator_from_config(cfg: dict, pretrained: str | None = None, osediff_lora: str | None = None
-                          ) -> OneStepGenerator:
+# -- what a stored config may hold (a file's metadata or a checkpoint's ctsr_* entries; docs/reliability.md) --------
+MAX_CONTROL_STEPS = 1000   # K of eq8's control integration: K UNet passes per image and t
+MAX_TEXT = 10_000          # characters of a stored prompt or location
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _text(v) -> bool:
+    return isinstance(v, str) and len(v) <= MAX_TEXT and "\x00" not in v
+
+
+_GENERATOR_FIELDS = {  # key → (test, what it must be)
+    "pretrained": (lambda v: _text(v) and v != "", "a model name, Hub id or folder"),
+    "osediff_lora": (lambda v: v is None or _text(v), "a file name or null"),
+    "lora_rank": (lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
+    "vae_lora_rank": (lambda v: _int(v) and v >= 0, "an integer ≥ 0"),
+    "lora_alpha": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "train_conv_in": (lambda v: isinstance(v, bool), "true or false"),
+    "prompt": (_text, f"a text of at most {MAX_TEXT} characters"),
+    "latent_sampling": (lambda v: v in ("auto", "mode", "sample"), "auto, mode or sample"),
+    "lr_upsample": (lambda v: v in ("torch", "pil"), "torch or pil"),
+    "gradient_checkpointing": (lambda v: isinstance(v, bool), "true or false"),
+    "seed": (_int, "an integer"),
+    "unet_training": (lambda v: v in ("lora", "full"), "lora or full"),
+    "generator_timestep": (lambda v: _number(v) and 0 <= v <= GENERATOR_TIMESTEP, f"a number in [0, {GENERATOR_TIMESTEP}]"),
+}
+_CONTROL_FIELDS = {
+    "rank": (lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
+    "tau_max": (lambda v: _number(v) and 0 < v <= GENERATOR_TIMESTEP, f"a number in (0, {GENERATOR_TIMESTEP}]"),
+    "control_steps": (lambda v: _int(v) and 1 <= v <= MAX_CONTROL_STEPS, f"an integer in [1, {MAX_CONTROL_STEPS}]"),
+    "objective": (lambda v: v in ("endpoint", "eq8"), "endpoint or eq8"),
+    "path": (lambda v: v in ("fidelity", "noise", "denoise"), "fidelity, noise or denoise"),
+    "tau_c": (lambda v: _number(v) and 0 <= v <= GENERATOR_TIMESTEP, f"a number in [0, {GENERATOR_TIMESTEP}]"),
+    "tau_rule": (lambda v: v in ("euler", "next"), "euler or next"),
+}
+
+
+def _check_fields(cfg: dict, fields: dict, known: set[str], required: tuple[str, ...], where: str) -> None:
+    unknown = sorted(str(k) for k in cfg if k not in known)
+    if unknown:
+        raise ConfigError(f"{where} has the unknown key '{shown(unknown[0])[:80]}' (written by a newer ctsr, or "
+                          f"damaged: update ctsr, or export the model again)")
+    for key in required:
+        if key not in cfg:
+            raise ConfigError(f"{where} lacks '{key}'")
+    for key, value in cfg.items():
+        test, what = fields.get(key, (lambda v: v is None or isinstance(v, (bool, int, float, str)), "a plain value"))
+        if not test(value):
+            shown_value = shown(repr(value))
+            raise ConfigError(f"{where}: '{key}' must be {what}, got "
+                              f"{shown_value[:60] + ' …' if len(shown_value) > 60 else shown_value}")
+
+
+def check_generator_config(cfg: dict, where: str = "the generator config") -> None:
+    """Refuse, in one line naming ``where`` and the key, a stored generator config with an unknown key or a value
+    of the wrong type or range (before anything is built from it)."""
+    import inspect
+
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(cfg).__name__}")
+    known = set(inspect.signature(OneStepGenerator.__init__).parameters) - {"self"}
+    _check_fields(cfg, _GENERATOR_FIELDS, known, (), where)
+
+
+def check_control_config(cfg: dict, where: str = "the control config", rank: bool = True) -> None:
+    """As :func:`check_generator_config`, for the control rule (``rank`` required unless ``rank=False``: a
+    checkpoint's rank is its tensors')."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(cfg).__name__}")
+    _check_fields(cfg, _CONTROL_FIELDS, set(_CONTROL_FIELDS), ("rank",) if rank else (), where)
+
+
+def check_selection(selected: dict, where: str = "selected_t") -> None:
+    """A ``selected_t`` record: a number ``t`` in [0, 1]."""
+    t = selected.get("t")
+    if not _number(t) or not 0 <= t <= 1:
+        raise ConfigError(f"{where} lacks a number 't' in [0, 1] (got {shown(repr(t))[:40]})")
+
+
+def _lora_ranks(weights: dict[str, Tensor], prefix: str) -> set[int]:
+    return {int(v.shape[0]) for k, v in weights.items() if k.startswith(prefix) and ".lora_A." in k and v.ndim >= 1}
+
+
+def check_lora_ranks(generator: dict, stage1: dict[str, Tensor], control: dict[str, Tensor] | None,
+                     control_rank: int | None, name: str) -> None:
+    """The ranks a config asks for must be those of the LoRA tensors the file holds: a crafted rank (10⁹) is
+    refused before any layer is allocated (the layers' own widths bound the ranks too: :func:`ctsr.models.lora.
+    add_lora`)."""
+    checks = [("generator 'lora_rank'", generator.get("lora_rank", 4), _lora_ranks(stage1, "unet."),
+               generator.get("unet_training", "lora") == "lora"),
+              ("generator 'vae_lora_rank'", generator.get("vae_lora_rank", 4), _lora_ranks(stage1, "vae."), True)]
+    if control is not None:
+        checks.append(("control 'rank'", control_rank, _lora_ranks(control, ""), True))
+    for what, rank, found, applies in checks:
+        if applies and found and found != {rank}:
+            raise ConfigError(f"{name}: {what} is {shown(repr(rank))[:40]}, but its LoRA tensors have rank "
+                              f"{', '.join(map(str, sorted(found)))}: the file is damaged or crafted")
+
+
+def generator_from_config(cfg: dict, pretrained: str | None = None, osediff_lora: str | None = None,
+                          where: str = "the stored generator config") -> OneStepGenerator:
     """The generator a stored config describes; ``pretrained``/``osediff_lora`` override the stored locations
     (``osediff_lora=""``: none). Options that older files lack are filled with what they were trained with."""
     cfg = dict(cfg)
@@ -338,7 +462,14 @@ def generator_from_config(cfg: dict, pretrained: str | None = None, osediff_lora
         cfg["pretrained"] = pretrained
     if osediff_lora is not None:
         cfg["osediff_lora"] = osediff_lora or None
-    return OneStepGenerator.from_config(cfg)
+    check_generator_config(cfg, where)
+    try:
+        return OneStepGenerator.from_config(cfg)
+    except MissingWeightsError as err:
+        if pretrained is not None and osediff_lora is not None:
+            raise
+        raise MissingWeightsError(f"{err} (the locations {where} records; --pretrained and --osediff-lora give "
+                                  f"others)") from None
 
 
 def control_kwargs(stored: dict, control_steps: int | None = None) -> dict:

@@ -8,15 +8,22 @@ loader (``ctsr upscale``, ``ctsr export``, ``ctsr test --model.init_args.model_p
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 from ctsr.checkpoints import check_writable, load_checkpoint, require_finite, sweep_temp_files
-from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe, shown
-from ctsr.models.control import ControllableSR, control_kwargs, generator_from_config, load_into
+from ctsr.errors import ArgumentParser, ConfigError, CTSRError, MissingWeightsError, describe, shown
+from ctsr.models.control import (
+    ControllableSR,
+    check_control_config,
+    check_generator_config,
+    check_lora_ranks,
+    control_kwargs,
+    generator_from_config,
+    load_into,
+)
 from ctsr.models.generator import OneStepGenerator
 
 
@@ -32,10 +39,11 @@ class Stage1Only(ControllableSR):
         return z0
 
 
-def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> OneStepGenerator:
+def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None, name: str = "the checkpoint"
+               ) -> OneStepGenerator:
     if not cfg:
-        raise ConfigError("the checkpoint does not record its generator config (written by an older ctsr?)")
-    return generator_from_config(cfg, pretrained, osediff_lora)
+        raise ConfigError(f"{name} does not record its generator config (written by an older ctsr?)")
+    return generator_from_config(cfg, pretrained, osediff_lora, f"{name}: ctsr_generator_config")
 
 
 def resolve_model_spec(spec: str | Path) -> Path:
@@ -69,7 +77,10 @@ def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: st
         if path.is_dir() or parse_hub_id(str(path)):
             return load_pretrained(path if path.is_dir() else str(path), pretrained=pretrained,
                                    osediff_lora=osediff_lora, control_steps=control_steps)
-        raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit`, a .safetensors "
+        if path.exists():
+            raise ConfigError(f"model file '{shown(path)}' is not a regular file (a .ckpt from `ctsr fit`, a "
+                              f".safetensors from `ctsr export`, a CTSR folder or a Hub id owner/name)")
+        raise MissingWeightsError(f"model file '{shown(path)}' not found (a .ckpt from `ctsr fit`, a .safetensors "
                                   f"from `ctsr export`, a CTSR folder or a Hub id owner/name)")
     if path.suffix == ".safetensors":
         try:
@@ -93,22 +104,77 @@ def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lor
     if not isinstance(state, dict):
         raise ConfigError(f"{name} holds no state_dict (not a Lightning checkpoint of ctsr)")
     require_finite(state, name)
-    if isinstance(ckpt.get("ctsr_stage1_lora"), dict):
-        require_finite(ckpt["ctsr_stage1_lora"], name, "stage-1 weights")
-    generator = _generator(ckpt.get("ctsr_generator_config", {}), pretrained, osediff_lora)
-    if "ctsr_stage1_lora" in ckpt:  # stage 2
+    stage1 = ckpt.get("ctsr_stage1_lora")
+    if "ctsr_stage1_lora" in ckpt and not isinstance(stage1, dict):
+        raise ConfigError(f"{name}: ctsr_stage1_lora must be a mapping of tensors, got {type(stage1).__name__}")
+    if isinstance(stage1, dict):
+        require_finite(stage1, name, "stage-1 weights")
+    cfg = ckpt.get("ctsr_generator_config", {})
+    if cfg:
+        check_generator_config(cfg, f"{name}: ctsr_generator_config")
+        own = stage1 if isinstance(stage1, dict) else {k[len("generator."):]: v for k, v in state.items()
+                                                        if k.startswith("generator.")}
+        check_lora_ranks(cfg, own, None, None, name)  # before any layer is built
+    if isinstance(stage1, dict):  # stage 2
         control = ckpt.get("ctsr_control", {})
+        check_control_config(control, f"{name}: ctsr_control", rank=False)
         weights = {k[len("model.generator.unet."):]: v for k, v in state.items()
                    if k.startswith("model.generator.unet.")}
         rank = next((v.shape[0] for k, v in weights.items() if "lora_A" in k), 4)
+        generator = _generator(cfg, pretrained, osediff_lora, name)
         model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank,
                                            **control_kwargs(control))
         load_into(generator.unet, weights, name)
+        model.source = checkpoint_source(ckpt, 2)
         return model.eval()
     stage1 = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
     if not stage1:
         raise ConfigError(f"{name} holds neither a stage-1 nor a stage-2 CTSR model")
-    return Stage1Only.from_stage1(generator, stage1).eval()
+    model = Stage1Only.from_stage1(_generator(cfg, pretrained, osediff_lora, name), stage1)
+    model.source = checkpoint_source(ckpt, 1)
+    return model.eval()
+
+
+def checkpoint_source(ckpt: dict, stage: int) -> dict | None:
+    """What a model built from a checkpoint records of where it comes from (``source``, kept by ``ctsr export``):
+    the run's id and folder (``ctsr_run``), the stage and the step; None for checkpoints without a run id."""
+    run = ckpt.get("ctsr_run")
+    if not isinstance(run, dict) or not isinstance(run.get("id"), str):
+        return None
+    step = ckpt.get("global_step")
+    return {"run": run["id"], "path": str(run.get("path", "")), "stage": stage,
+            "step": step if isinstance(step, int) else None}
+
+
+def recorded_selection(source: str | Path) -> dict | None:
+    """The ``selected_t`` record of a model (``ctsr select-t``) from its file's header alone, None when it records
+    none (a ``.ckpt``, a file never selected on). ``source``: a file, a CTSR folder or a Hub id."""
+    from ctsr.checkpoints import json_meta, safetensors_metadata
+    from ctsr.models.control import check_selection
+    from ctsr.models.hub import parse_hub_id, resolve_folder, weights_file
+
+    path = resolve_model_spec(source).expanduser()
+    if not path.is_file():
+        if path.is_dir():
+            path = weights_file(path)
+        elif parse_hub_id(str(source)):
+            path = weights_file(resolve_folder(str(source)))
+        else:
+            return None
+    if path.suffix != ".safetensors":
+        return None
+    meta = safetensors_metadata(path, "model file")
+    if "selected_t" not in meta:
+        return None
+    selected = json_meta(meta, "selected_t", path)
+    check_selection(selected, f"'{shown(path)}': metadata 'selected_t'")
+    return selected
+
+
+def describe_selection(selected: dict) -> str:
+    """'t = 0.6 (chosen by psnr-drop on runs/val (val))' for the line a tool prints when it uses the record."""
+    return (f"t = {float(selected['t']):g} (recorded by `ctsr select-t`: rule {shown(selected.get('rule', '?'))}, "
+            f"split {shown(selected.get('split', '?'))})")
 
 
 def report_source(spec: str | Path, tool: str) -> str | Path:
@@ -123,7 +189,7 @@ def report_source(spec: str | Path, tool: str) -> str | Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ctsr export", description="Write a stage-2 checkpoint as one safetensors file (stage-1 LoRA + "
         "stage-2 LoRA + the config that rebuilds it), loadable with ControllableSR.load — no Lightning needed.")
     parser.add_argument("ckpt", help="stage-2 checkpoint (runs/<name>/checkpoints/last.ckpt), or the run folder "

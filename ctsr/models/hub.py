@@ -21,14 +21,13 @@ time, and ``pretrained``/``osediff_lora`` override that (``--pretrained``/``--os
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe
+from ctsr.errors import ArgumentParser, ConfigError, CTSRError, MissingWeightsError, describe
 
 WEIGHTS_NAME = "ctsr.safetensors"
 CONFIG_NAME = "config.json"
@@ -349,7 +348,7 @@ def push(model_file: str | Path, repo_id: str, private: bool = False, revision: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ctsr push", description="Publish a trained CTSR model on the Hugging Face Hub: the exported file, a "
         "config.json and a generated model card (base model, OSEDiff file, teachers, training steps, the run's "
         "t-sweep table, the metric protocol, the licence). Load it back with --ckpt owner/name.")

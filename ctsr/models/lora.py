@@ -23,11 +23,24 @@ def add_lora(model: nn.Module, rank: int, targets, adapter_name: str = "default"
     ``alpha`` is peft's ``lora_alpha``: the adapter adds (alpha / rank)·B·A to each target weight. None: alpha =
     rank (scale 1). OSEDiff leaves peft's default (8, scale 2 at rank 4); ``OneStepGenerator`` passes that.
     """
+    widest = max_lora_rank(model)
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= widest:
+        from ctsr.errors import ConfigError
+
+        raise ConfigError(f"LoRA rank {rank!r}: must be an integer in [1, {widest}] for this model (a rank above "
+                          f"min(in, out) of its widest layer adds nothing); refused before any layer is built")
     config = LoraConfig(
         r=rank, lora_alpha=rank if alpha is None else alpha, init_lora_weights="gaussian", target_modules=targets
     )
     model.add_adapter(config, adapter_name=adapter_name)
     model.set_adapter(adapter_name)
+
+
+def max_lora_rank(model: nn.Module) -> int:
+    """The largest useful LoRA rank of ``model``: min(in, out) of its widest linear or convolutional layer."""
+    widths = [min(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    widths += [min(m.in_channels, m.out_channels) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return max(widths, default=1)
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -198,9 +198,9 @@ def write_rrdbnet_pth(param: str | Path, bin_file: str | Path, out: str | Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from ctsr.errors import ArgumentParser
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ctsr convert-ncnn",
         description="Convert a Real-ESRGAN RRDBNet ×4 model from ncnn files (.param + .bin) to a BasicSR-layout "
                     ".pth ({'params_ema': …}) that spandrel and `AnchoredTeacher(sr_model: FILE)` load. Files of "
