@@ -444,10 +444,26 @@ def first_non_finite(tensors: Mapping[str, Any]) -> tuple[str, int] | None:
     """(key, number of non-finite entries) of the first floating tensor holding NaN/inf, or None."""
     for key, value in tensors.items():
         if isinstance(value, Tensor) and value.is_floating_point():
+            if value.dtype not in WEIGHT_DTYPES:  # float8 has no isfinite of its own
+                value = value.float()
             bad = int((~torch.isfinite(value)).sum())
             if bad:
                 return key, bad
     return None
+
+
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def require_float_weights(tensors: Mapping[str, Any], path: str | Path, what: str = "weights") -> None:
+    """CTSR's own weights (LoRA, ``conv_in``) are real floating-point tensors: an integer, boolean, complex or
+    float8 tensor in their place (which a copy would silently convert) is refused naming it; then finiteness."""
+    for key, value in tensors.items():
+        if not isinstance(value, Tensor) or value.dtype not in WEIGHT_DTYPES:
+            kind = str(value.dtype).removeprefix("torch.") if isinstance(value, Tensor) else type(value).__name__
+            raise ConfigError(f"'{shown(path)}': {what}: '{shown(key)[:120]}' is {kind}, not a float16/bfloat16/"
+                              f"float32 tensor: the file is damaged or crafted")
+    require_finite(tensors, path, what)
 
 
 def require_finite(tensors: Mapping[str, Any], path: str | Path, what: str = "weights") -> None:

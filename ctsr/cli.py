@@ -186,6 +186,14 @@ def _lightning_cli(args: list[str] | None = None):
 
         def _take_folder(self) -> Path:
             run_dir = self._run_dir()
+            try:
+                str(run_dir.resolve()).encode("utf-8")
+            except UnicodeEncodeError:
+                from ctsr.errors import shown
+
+                raise ConfigError(f"the run folder '{shown(run_dir)}' (trainer.logger.init_args.save_dir/name) holds "
+                                  f"bytes that are not UTF-8, and TensorBoard writes only to UTF-8 paths: give the "
+                                  f"run a UTF-8 name (data folders and model files may keep such names)") from None
             if self._rank_zero():
                 created = _new_folder(run_dir)
                 _LOCKS.append(RunLock.acquire(run_dir))
@@ -207,6 +215,14 @@ def _lightning_cli(args: list[str] | None = None):
                 return None
             else:
                 path, loaded = Path(ckpt), load_checkpoint(ckpt, "--ckpt_path")
+                if "pytorch-lightning_version" in loaded and isinstance(loaded.get("state_dict"), dict):
+                    self._resolved_ckpt = str(path)
+                    return loaded
+                from ctsr.errors import shown
+
+                raise ConfigError(f"--ckpt_path: '{shown(path)}' is not a Lightning checkpoint of `ctsr fit` (no "
+                                  f"'pytorch-lightning_version' and 'state_dict'); an exported model file goes to "
+                                  f"--model.init_args.model_path")
             self._resolved_ckpt = str(path)
             return loaded
 

@@ -221,7 +221,7 @@ def read_run_info(folder: Path, strict: bool = True) -> dict | None:
         return None
     try:
         info = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         if not strict:
             return None
         raise ConfigError(f"'{path}' is not readable ({describe(err)}); it records the run's id — restore it, or "

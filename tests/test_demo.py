@@ -214,3 +214,17 @@ def test_the_page_in_a_browser(model_file, photo, bad_files, tmp_path):
             proc.kill()
             proc.wait(timeout=10)
     assert proc.returncode is not None
+
+
+def test_the_slider_starts_at_the_recorded_t(model_file, tmp_path):
+    """One truth for t: the demo starts where `ctsr upscale` runs without --t (the model's selected_t), and says so."""
+    from ctsr.evaluation.select_t import record_selection
+
+    plain = load_model(model_file)
+    assert demo.slider_start(plain, None) == (0.5, None) and demo.slider_start(plain, 0.3) == (0.3, None)
+    selected = tmp_path / "sel.safetensors"
+    selected.write_bytes(Path(model_file).read_bytes())
+    record_selection(selected, {"t": 0.6, "rule": "psnr-drop", "split": "val-set", "metrics": {}})
+    t, line = demo.slider_start(load_model(selected), None)
+    assert t == 0.6 and "t = 0.6 (recorded by `ctsr select-t`: rule psnr-drop, split val-set)" in line
+    assert demo.slider_start(load_model(selected), 0.2) == (0.2, None)

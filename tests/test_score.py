@@ -191,7 +191,7 @@ def test_select_t_records_the_choice_in_the_model_file(model_file, tmp_path, cap
     assert "validation split" in capsys.readouterr().err
 
 
-def test_test_table_at_the_selected_t_only(model_file, pairs, tmp_path, monkeypatch):
+def test_test_table_at_the_selected_t_only(model_file, pairs, tmp_path, monkeypatch, capsys):
     model = tmp_path / "sel.safetensors"
     model.write_bytes(Path(model_file).read_bytes())
     st.record_selection(model, {"t": 0.5, "rule": "psnr-drop", "split": "val-set", "metrics": {}})
@@ -199,3 +199,70 @@ def test_test_table_at_the_selected_t_only(model_file, pairs, tmp_path, monkeypa
     table = read_table(run)
     assert [(r.method, r.t) for r in table.rows] == [("CTSR", 0.5)]
     assert "t = 0.5 selected on 'val-set' by the rule `psnr-drop`" in (run / "metrics.md").read_text()
+    # the default (use_selected_t: null, experiments/eval.yaml): `ctsr test` evaluates the recorded t, and says so
+    (tmp_path / "auto").mkdir()
+    run = _test_run(model, pairs, tmp_path / "auto", monkeypatch, metrics=["psnr"])
+    assert [(r.method, r.t) for r in read_table(run).rows] == [("CTSR", 0.5)]
+    assert "ctsr test: evaluating the model's t = 0.5" in capsys.readouterr().err
+    assert read_table(run).model["file"] == str(model) and read_table(run).model["stage"] == 2
+
+
+def test_select_t_refuses_another_stage_or_run_and_a_table_without_choice(tiny_controllable, tmp_path, capsys):
+    """One truth for t: select-t chooses only on a sweep of this model (its training run, stage 2), names both when
+    not, and says when it replaces a recorded t."""
+    model = tiny_controllable()
+    model.source = {"run": "a" * 32, "path": "/runs/stage2", "stage": 2, "step": 40}
+    path = model.export(tmp_path / "m.safetensors")
+    settings = {"color_space": "y", "crop_border": 0, "weights": "pretrained", "quantize": True}
+    rows = [Row("CTSR", t, {"psnr": 24.0 + t, "lpips": 0.3 + 0.05 * t}) for t in (0.0, 0.5, 1.0)]
+
+    def table(name, model_record, table_rows=rows):
+        write_table(tmp_path / name, Table(table_rows, settings, "val metrics", split="val", model=model_record))
+        return str(tmp_path / name)
+
+    before = path.read_bytes()
+    stage1 = table("stage1", {"run": "b" * 32, "path": "/runs/stage1", "stage": 1, "step": 30})
+    assert main(["select-t", stage1, "--model", str(path)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "stage-1 model (run bbbbbbbb (/runs/stage1))" in line and "stage-2 model (run aaaaaaaa (/runs/stage2))" in line
+    other = table("other", {"run": "c" * 32, "path": "/runs/other", "stage": 2, "step": 40})
+    assert main(["select-t", other, "--model", str(path)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "run cccccccc" in line and "run aaaaaaaa" in line
+    single = table("single", {"run": "a" * 32, "stage": 2}, [Row("CTSR", 0.0, {"psnr": 24.0})])
+    assert main(["select-t", single, "--model", str(path)]) == 2
+    assert "t = 0 only: nothing to choose" in capsys.readouterr().err
+    assert path.read_bytes() == before  # every refusal left the file as it was
+    own = table("own", {"run": "a" * 32, "path": "/runs/eval", "stage": 2, "step": 40, "file": str(path)})
+    assert main(["select-t", own, "--model", str(path), "--max-psnr-drop", "0.6"]) == 0
+    assert st.read_selection(path)["t"] == 0.5
+    assert main(["select-t", own, "--model", str(path), "--max-psnr-drop", "0"]) == 0
+    assert "replaces the recorded t = 0.5" in capsys.readouterr().err
+    assert ControllableSR.load(path).selected_t == 1.0
+
+
+def test_score_pairs_ctsr_upscale_outputs_and_says_how(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    sr, hr, only, sfx = (tmp_path / n for n in ("sr", "hr", "only", "sfx"))
+    for folder in (sr, hr, only, sfx):
+        folder.mkdir()
+    for name in ("a", "b_HR"):
+        image = Image.fromarray((rng.random((16, 16, 3)) * 255).astype("uint8"))
+        image.save(hr / f"{name}.png")
+        stem = name.removesuffix("_HR")
+        for t in ("0", "0.5"):
+            image.save(sr / f"{stem}_t{t}.png")  # what `ctsr upscale … --t 0 0.5` writes
+        image.save(only / f"{stem}_t0.5.png")
+        image.save(sfx / f"{stem}_sr.png")
+    out = str(tmp_path / "table")
+    assert main(["score", str(sr), str(hr), "--metrics", "psnr", "--out", out]) == 2  # two t: which one?
+    assert "several t (0, 0.5" in capsys.readouterr().err
+    assert main(["score", str(sr), str(hr), "--metrics", "psnr", "--out", out, "--t", "0.5", "--name", "x"]) == 0
+    assert "paired 2 SR/HR image(s) SR suffix '_t0.5' removed" in capsys.readouterr().err
+    assert main(["score", str(only), str(hr), "--metrics", "psnr", "--out", out, "--name", "y"]) == 0
+    assert "(`ctsr upscale` outputs of t = 0.5)" in capsys.readouterr().err
+    assert main(["score", str(sfx), str(hr), "--metrics", "psnr", "--out", out, "--name", "z", "--sr-suffix",
+                 "_sr"]) == 0
+    assert "SR suffix '_sr' removed (--sr-suffix)" in capsys.readouterr().err
+    rows = {(r.method, r.t): r.values["psnr"] for r in read_table(out).rows}
+    assert set(rows) == {("x", 0.5), ("y", 0.5), ("z", None)} and all(v > 60 for v in rows.values())  # same pixels

@@ -199,3 +199,32 @@ def test_bench_tiny_prints_ratios_and_parameter_counts(capsys):
     assert abs(stage1 - sum(p.numel() for p in gen.trainable_parameters()) / 1e6) < 0.006
     assert re.search(r"large: 128×128 output, t=0.5, batch 1, eager, .*: \d+ ms, peak -", out)
     assert "Paper, CTSR: 1775 / 8.5" in out
+
+
+def test_the_recorded_t_is_the_default_everywhere(model_file, tmp_path, capsys):
+    """`ctsr upscale` without --t, `model(x)` and the Hub loader use the t `ctsr select-t` recorded (printed by the
+    command line), and the output is that of --t at that value."""
+    from ctsr.evaluation.select_t import record_selection
+    from ctsr.models.control import ControllableSR
+    from ctsr.models.hub import load_pretrained
+
+    from pathlib import Path
+
+    selected = tmp_path / "folder" / "ctsr.safetensors"
+    selected.parent.mkdir()
+    selected.write_bytes(Path(model_file).read_bytes())
+    record_selection(selected, {"t": 0.6, "rule": "weighted", "split": "val", "metrics": {}})
+    _photo(20, 24).save(tmp_path / "in.png")
+    assert upscale.main([str(tmp_path / "in.png"), str(tmp_path / "default.png"), "--ckpt", str(selected)]) == 0
+    assert "using the model's t = 0.6 (recorded by `ctsr select-t`: rule weighted" in capsys.readouterr().err
+    assert upscale.main([str(tmp_path / "in.png"), str(tmp_path / "given.png"), "--ckpt", str(selected),
+                         "--t", "0.6"]) == 0
+    assert "recorded" not in capsys.readouterr().err  # --t given: nothing to say
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "default.png")),
+                          np.asarray(Image.open(tmp_path / "given.png")))
+    model = ControllableSR.load(selected)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert model.default_t == 0.6 and torch.equal(model(x), model(x, 0.6))
+    assert load_pretrained(selected.parent).default_t == 0.6
+    assert ControllableSR.load(model_file).default_t == 0.0  # nothing recorded: the realness end, as before

@@ -70,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def slider_start(model, requested: float | None) -> tuple[float, str | None]:
+    """Where the slider starts, and the line saying so when it is the model's recorded t: ``--t``, else the
+    ``selected_t`` of ``ctsr select-t`` (the t ``ctsr upscale`` uses without ``--t``), else 0.5; a stage-1 model: 0."""
+    if not getattr(model, "supports_control", True):
+        return upscale.check_t_values(model, [0.0])[0], None
+    if requested is not None:
+        return upscale.check_t_values(model, [requested])[0], None
+    if getattr(model, "selected_t", None) is None:
+        return 0.5, None
+    from ctsr.models.export import describe_selection
+
+    record = {**(getattr(model, "selected_t_record", None) or {}), "t": model.selected_t}
+    t = upscale.check_t_values(model, [model.selected_t])[0]
+    return t, f"the slider starts at the model's {describe_selection(record)}; --t overrides it"
+
+
 def chromium_path() -> str | None:
     """Debian's Chromium (``apt-get install chromium``), or ``$CTSR_CHROMIUM``; None when there is none."""
     import shutil
@@ -279,15 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.control_steps is not None:
         model.control_steps = args.control_steps
     controllable = getattr(model, "supports_control", True)
-    default_t = model.selected_t if getattr(model, "selected_t", None) is not None else 0.5
-    initial_t = default_t if args.initial_t is None or args.screenshot is not None else args.initial_t
-    if args.initial_t is None and getattr(model, "selected_t", None) is not None and controllable:
-        from ctsr.models.export import describe_selection
-
-        record = {**model.selected_t_record, "t": model.selected_t}
-        print(f"ctsr demo: the slider starts at the model's {describe_selection(record)}; --t overrides it",
-              file=sys.stderr)
-    initial_t = upscale.check_t_values(model, [initial_t if controllable else 0.0])[0]
+    initial_t, line = slider_start(model, None if args.screenshot is not None else args.initial_t)
+    if line:
+        print(f"ctsr demo: {line}", file=sys.stderr)
     # --screenshot: the page starts at the default t and the slider is moved to --t (0.7 when not given)
     shot_t = upscale.check_t_values(model, [args.initial_t if args.initial_t is not None else 0.7])[0]
     # the Upscaler of `ctsr upscale`, from the same options (the same code path, the same defaults)

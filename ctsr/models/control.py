@@ -24,7 +24,13 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from ctsr.checkpoints import atomic_write_files, json_meta, load_checkpoint, read_safetensors, require_finite
+from ctsr.checkpoints import (
+    atomic_write_files,
+    json_meta,
+    load_checkpoint,
+    read_safetensors,
+    require_float_weights,
+)
 from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, tau_of_t
 from ctsr.errors import ConfigError, MissingWeightsError, check, shown
 from ctsr.models.generator import OneStepGenerator
@@ -54,8 +60,8 @@ def read_stage1_lora(path: str | Path) -> tuple[dict[str, Tensor], dict]:
         weights = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
         config = ckpt.get("ctsr_generator_config", {})
     if not weights:
-        raise ConfigError(f"stage1_ckpt: '{path}' holds no generator LoRA weights (is it a stage-1 checkpoint?)")
-    require_finite(weights, path, "stage-1 weights")
+        raise ConfigError(f"stage1_ckpt: '{shown(path)}' holds no generator LoRA weights (is it a stage-1 checkpoint?)")
+    require_float_weights(weights, path, "stage-1 weights")
     return weights, config
 
 
@@ -74,7 +80,7 @@ def read_control_lora(path: str | Path) -> dict[str, Tensor]:
                    if k.startswith(prefix) and f".{CONTROL}." in k}
     if not weights:
         raise ConfigError(f"'{path}' holds no stage-2 control weights (is it a stage-2 checkpoint or model file?)")
-    require_finite(weights, path, "stage-2 weights")
+    require_float_weights(weights, path, "stage-2 weights")
     return weights
 
 
@@ -344,7 +350,7 @@ def check_model_file(tensors: dict[str, Tensor], meta: dict[str, str], path: str
     stage1 = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
     control_lora = {k[len("stage2.unet."):]: v for k, v in tensors.items() if k.startswith("stage2.unet.")}
     check_lora_ranks(generator, stage1, control_lora, control["rank"], f"'{shown(path)}'")
-    require_finite(tensors, path)
+    require_float_weights(tensors, path)
     return generator, control, selected
 
 

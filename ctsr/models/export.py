@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ctsr.checkpoints import check_writable, load_checkpoint, require_finite, sweep_temp_files
+from ctsr.checkpoints import check_writable, load_checkpoint, require_finite, require_float_weights, sweep_temp_files
 from ctsr.errors import ArgumentParser, ConfigError, CTSRError, MissingWeightsError, describe, shown
 from ctsr.models.control import (
     ControllableSR,
@@ -108,7 +108,7 @@ def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lor
     if "ctsr_stage1_lora" in ckpt and not isinstance(stage1, dict):
         raise ConfigError(f"{name}: ctsr_stage1_lora must be a mapping of tensors, got {type(stage1).__name__}")
     if isinstance(stage1, dict):
-        require_finite(stage1, name, "stage-1 weights")
+        require_float_weights(stage1, name, "stage-1 weights")
     cfg = ckpt.get("ctsr_generator_config", {})
     if cfg:
         check_generator_config(cfg, f"{name}: ctsr_generator_config")
@@ -120,6 +120,7 @@ def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lor
         check_control_config(control, f"{name}: ctsr_control", rank=False)
         weights = {k[len("model.generator.unet."):]: v for k, v in state.items()
                    if k.startswith("model.generator.unet.")}
+        require_float_weights(weights, name, "stage-2 weights")
         rank = next((v.shape[0] for k, v in weights.items() if "lora_A" in k), 4)
         generator = _generator(cfg, pretrained, osediff_lora, name)
         model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank,
@@ -130,6 +131,7 @@ def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lor
     stage1 = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
     if not stage1:
         raise ConfigError(f"{name} holds neither a stage-1 nor a stage-2 CTSR model")
+    require_float_weights(stage1, name, "stage-1 weights")
     model = Stage1Only.from_stage1(_generator(cfg, pretrained, osediff_lora, name), stage1)
     model.source = checkpoint_source(ckpt, 1)
     return model.eval()

@@ -110,8 +110,10 @@ def weights_file(folder: Path) -> Path:
     if config.is_file():
         try:
             name = json.loads(config.read_text()).get("weights", WEIGHTS_NAME)
-        except (ValueError, AttributeError) as err:
+        except (ValueError, AttributeError, RecursionError, OSError) as err:
             raise ConfigError(f"'{config}' is not a CTSR config ({describe(err)})") from None
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise ConfigError(f"'{config}': 'weights' must be a file name in the folder, got {str(name)[:80]!r}")
     path = folder / name
     if not path.is_file():
         raise MissingWeightsError(f"'{folder}' holds no CTSR model file '{name}' (a CTSR folder has {WEIGHTS_NAME}, "
@@ -281,16 +283,22 @@ def model_card(repo_id: str, meta: dict, facts: dict, license: str) -> str:
 
 def _model_meta(path: Path) -> dict:
     """The metadata of an exported CTSR file (no tensors read)."""
-    from ctsr.checkpoints import safetensors_metadata
-    from ctsr.models.control import FORMAT
+    from ctsr.checkpoints import json_meta, safetensors_metadata
+    from ctsr.errors import shown
+    from ctsr.models.control import FORMAT, check_control_config, check_generator_config, check_selection
 
     meta = safetensors_metadata(path, "FILE")
     if meta.get("format") != FORMAT:
-        raise ConfigError(f"FILE: '{path}' is not a CTSR model file (format {meta.get('format')!r})")
-    out = {"format": meta["format"], "generator": json.loads(meta["generator"]),
-           "control": json.loads(meta["control"])}
+        raise ConfigError(f"FILE: '{shown(path)}' is not a CTSR model file (format {str(meta.get('format'))[:80]!r})")
+    where = f"'{shown(path)}': metadata"
+    out = {"format": meta["format"], "generator": json_meta(meta, "generator", path),
+           "control": json_meta(meta, "control", path)}
+    check_generator_config(out["generator"], f"{where} 'generator'")
+    check_control_config(out["control"], f"{where} 'control'")
     if meta.get("selected_t"):
-        out["selected_t"] = float(json.loads(meta["selected_t"])["t"])
+        selected = json_meta(meta, "selected_t", path)
+        check_selection(selected, f"{where} 'selected_t'")
+        out["selected_t"] = float(selected["t"])
     return out
 
 
@@ -302,18 +310,24 @@ def write_folder(model_file: str | Path, repo_id: str, out: str | Path, license:
         raise MissingWeightsError(f"FILE: '{model_file}' not found (a .safetensors from `ctsr export` or a stage-2 "
                                   f".ckpt from `ctsr fit`)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    weights, step = out / WEIGHTS_NAME, None
+    weights, step, model = out / WEIGHTS_NAME, None, None
     if model_file.suffix == ".safetensors":
-        _model_meta(model_file)  # a wrong file fails before anything is copied
-        if model_file.resolve() != weights.resolve():
-            shutil.copyfile(model_file, weights)
+        from ctsr.checkpoints import read_safetensors
+        from ctsr.models.control import check_model_file
+
+        _model_meta(model_file)  # a wrong file fails before anything is copied (or any folder made)
+        check_model_file(*read_safetensors(model_file, "FILE"), model_file)  # tensors: kinds, ranks, finite
     else:
         from ctsr.models.export import Stage1Only, load_model
 
         model = load_model(model_file)
         if isinstance(model, Stage1Only):
             raise ConfigError(f"FILE: '{model_file}' is a stage-1 checkpoint; push a stage-2 one")
+    out.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        if model_file.resolve() != weights.resolve():
+            shutil.copyfile(model_file, weights)
+    else:
         model.export(weights)
         step = _global_step(model_file)
     meta = _model_meta(weights)
