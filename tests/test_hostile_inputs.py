@@ -342,7 +342,7 @@ def test_hostile_images_in_upscale_score_and_the_reader(tiny_model_file, tmp_pat
 ODD = os.fsdecode(b"d\xe9j\xe0 vu -\xff")  # a space, bytes that are not UTF-8, a dash
 
 
-def test_odd_names_in_upscale_export_score_and_select_t(tiny_model_file, sample_dir, tmp_path, capsys, monkeypatch):
+def test_odd_names_in_upscale_export_and_score(tiny_model_file, sample_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     src = tmp_path / f"in {ODD}"
     src.mkdir()
@@ -442,3 +442,30 @@ def test_a_real_process_with_undecodable_arguments(tiny_model_file, tmp_path):
                          timeout=300)
     assert bad.returncode == 2 and b"Traceback" not in bad.stderr
     assert b"not a PyTorch checkpoint but a PNG image" in bad.stderr.splitlines()[-1]
+
+
+def test_an_unexpected_error_is_one_line_and_ctrl_c_is_130(monkeypatch, capsys):
+    """Whatever ctsr did not foresee is still one line (a bug to report, exit 70; the traceback on request), and
+    Ctrl-C outside training is 130 without a traceback."""
+    import ctsr.evaluation.score as score
+
+    def broken(argv):
+        raise RuntimeError("something ctsr did not expect\nsecond line")
+
+    monkeypatch.setattr(score, "main", broken)
+    assert main(["score", "x", "--out", "y"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "ctsr: internal error: RuntimeError: something ctsr did not expect. This is a bug in ctsr, not in your "
+        "input: run again with CTSR_TRACEBACK=1 and report the traceback"]
+    monkeypatch.setenv("CTSR_TRACEBACK", "1")
+    with pytest.raises(RuntimeError):
+        main(["score", "x", "--out", "y"])
+    monkeypatch.delenv("CTSR_TRACEBACK")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score, "main", interrupted)
+    assert main(["score", "x", "--out", "y"]) == 130
+    assert capsys.readouterr().err.strip() == "ctsr: interrupted: Ctrl-C"

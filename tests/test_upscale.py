@@ -228,3 +228,12 @@ def test_the_recorded_t_is_the_default_everywhere(model_file, tmp_path, capsys):
         assert model.default_t == 0.6 and torch.equal(model(x), model(x, 0.6))
     assert load_pretrained(selected.parent).default_t == 0.6
     assert ControllableSR.load(model_file).default_t == 0.0  # nothing recorded: the realness end, as before
+
+
+def test_bench_tiny_runs_eager_without_compiling_off_cuda(capsys):
+    """`ctsr bench --size tiny --device cpu`, as the README gives it, compiles nothing (compiling on a CPU took
+    minutes); --compile adds the compiled rows."""
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--batches", "1",
+                       "--t", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio ctsr/bare eager batch 1 t=0:" in out and "compiled" not in out.split("targets")[0]

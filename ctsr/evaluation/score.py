@@ -163,11 +163,11 @@ def score_folder(sr_dir: str | Path, hr_dir: str | Path | None = None, metrics: 
     else:
         pairs, how, suffix = match_files(sr_dir, hr_dir, t, sr_suffix)
         warn(f"paired {len(pairs)} SR/HR image(s) {how}")
-    if "fid" in metrics and len(pairs) < 2:
-        warn(f"fid needs 2 image pairs or more, got {len(pairs)}: no fid column")
-        metrics = [m for m in metrics if m != "fid"]
-        check(len(metrics) > 0, "--metrics", "fid alone needs 2 image pairs or more")
     suite = MetricSuite(metrics, color_space, crop_border, weights).to(device)  # weights checked before reading
+    if "fid" in suite.names and len(pairs) < 2:
+        check(len(suite.names) > 1, "--metrics", f"fid needs 2 image pairs or more, got {len(pairs)}")
+        warn(f"fid needs 2 image pairs or more, got {len(pairs)}: no fid column")
+        suite = suite.subset([m for m in suite.names if m != "fid"])
     suite.sr_suffix = suffix  # what the SR names carried (``ctsr upscale``'s _t<T>: the row's t, upscale_t)
     examples: dict[str, tuple[Path, tuple[int, int]]] = {}
     for sr_path, hr_path in pairs:

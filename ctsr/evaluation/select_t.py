@@ -1,11 +1,11 @@
 """``ctsr select-t``: choose the control value t on a VALIDATION split by a stated rule, and record it in the model
-file, so that the test table is computed at that one t (``TSweepEvaluation(use_selected_t=true)``).
+file, so that the test table is computed at that one t (``TSweepEvaluation``'s ``use_selected_t``, by default).
 
     ctsr validate --config experiments/eval.yaml --model.init_args.model_path ctsr.safetensors \
         --data.init_args.val_pairs '[[datasets/val/LR, datasets/val/HR]]'      # the sweep, on validation data
     ctsr select-t runs/eval --model ctsr.safetensors                          # rule psnr-drop, 0.3 dB
     ctsr select-t runs/eval --model ctsr.safetensors --rule weighted --fidelity-weight 0.5
-    # then `ctsr test` with the callback's `use_selected_t: true` (experiments/eval.yaml): the test table at that t
+    # then `ctsr test` (experiments/eval.yaml, use_selected_t: null): the test table at that t
 
 Rules (fidelity metrics: PSNR, SSIM; realness metrics: LPIPS, LPIPS-VGG, DISTS, FID, NIQE, MUSIQ, MANIQA, CLIPIQA,
 as the paper groups them; each metric is min–max normalised over the swept t, 1 = best):
@@ -19,7 +19,11 @@ as the paper groups them; each metric is min–max normalised over the swept t, 
 The choice is written into the safetensors metadata under ``selected_t`` as a JSON string
 ``{"t": …, "rule": …, "params": {…}, "split": …, "metrics": {…}}``; the file is rewritten with the same tensors
 (temporary file in the same folder, then renamed). A table measured on a ``test`` split is refused: choosing t by
-looking at the test set is what this command exists to avoid.
+looking at the test set is what this command exists to avoid. So is a table of another model: every table records
+the model it measured (``model``: training run, stage, step, file) and every exported file its training run
+(``source``); a stage-1 table, another run's table, or a table of a single t is refused naming both, and replacing a
+recorded t is announced. The recorded t is then the default of ``ctsr upscale``, the demo, ``ctsr test`` and
+``model(x)``.
 """
 from __future__ import annotations
 
