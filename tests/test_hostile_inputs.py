@@ -469,3 +469,28 @@ def test_an_unexpected_error_is_one_line_and_ctrl_c_is_130(monkeypatch, capsys):
     monkeypatch.setattr(score, "main", interrupted)
     assert main(["score", "x", "--out", "y"]) == 130
     assert capsys.readouterr().err.strip() == "ctsr: interrupted: Ctrl-C"
+
+
+def test_crafted_metrics_tables_are_one_line(tiny_model_file, tmp_path, capsys):
+    """A metrics.json that ctsr did not write (select-t reads it; `ctsr score --out` merges into it): one line naming
+    it, nothing rewritten."""
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(Path(tiny_model_file()).read_bytes())
+    sr = tmp_path / "sr"
+    sr.mkdir()
+    Image.new("RGB", (16, 16), (3, 4, 5)).save(sr / "a.png")
+    rows = '{"method": "CTSR", "t": %s, "values": {"psnr": %s}}'
+    for case, text in (("t-text", '{"rows": [%s, %s], "settings": {}}' % (rows % ('"a"', 1), rows % (0.5, 2))),
+                       ("value-text", '{"rows": [%s, %s], "settings": {}}' % (rows % (0, '"x"'), rows % (1, 2))),
+                       ("t-nan", '{"rows": [%s, %s], "settings": {}}' % (rows % ("NaN", 1), rows % (1, 2))),
+                       ("list", "[1, 2]"), ("nested", '{"rows": ' + _nested(100_000) + "}")):
+        folder = tmp_path / case
+        folder.mkdir()
+        (folder / "metrics.json").write_text(text)
+        assert main(["select-t", str(folder), "--model", str(model)]) == 2, case
+        one_line(capsys, "is not a metrics record written by ctsr")
+        assert main(["score", str(sr), "--metrics", "niqe", "--metric-weights", "random", "--out", str(folder)]) == 2
+        one_line(capsys, "is not a metrics record written by ctsr")
+        assert sorted(p.name for p in folder.iterdir()) == ["metrics.json"]
+        assert (folder / "metrics.json").read_text() == text
+    assert model.read_bytes() == Path(tiny_model_file()).read_bytes()

@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     check(args.crop_border >= 0, "--crop-border", f"must be ≥ 0, got {args.crop_border}")
     check(args.sr_suffix is None or args.sr_suffix != "", "--sr-suffix", "give a non-empty suffix")
     check_writable(args.out, "--out")  # a read-only or unwritable table folder fails now, not after the scoring
+    existing = read_table(args.out, args.stem)  # a table ctsr did not write fails now too
     lines: list[str] = []
 
     def warn(line: str) -> None:
@@ -245,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     if suite.skipped_note():
         note += f" {suite.skipped_note()}."
     new = Table([Row(name, args.t, values)], settings, f"metrics of {name}", [note], split=args.split)
-    existing = read_table(args.out, args.stem)
     table = new if existing is None else existing.merge(new)
     if existing is not None:
         table.title = existing.title

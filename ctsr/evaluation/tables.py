@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctsr.checkpoints import atomic_write_files, sweep_temp_files
-from ctsr.errors import ConfigError
+from ctsr.errors import ConfigError, describe
 from ctsr.metrics import METRIC_NAMES, column_name, protocol_line
 
 SWEEP_METHOD = "CTSR"
@@ -129,6 +129,18 @@ def _legacy_temp(name: str) -> re.Pattern:
     return re.compile(r"^\." + re.escape(name) + r"\.[a-z0-9_]{8}$")
 
 
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a name, got {type(value).__name__}")
+    return value
+
+
+def _finite(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise TypeError(f"expected a number for t, got {value!r}"[:80])
+    return float(value)
+
+
 def read_table(folder: str | Path, stem: str = "metrics") -> Table | None:
     """The table in ``folder`` (from its ``.json`` record), or None when there is none."""
     path = Path(folder) / f"{stem}.json"
@@ -136,12 +148,13 @@ def read_table(folder: str | Path, stem: str = "metrics") -> Table | None:
         return None
     try:
         record = json.loads(path.read_text())
-        rows = [Row(r["method"], r["t"], {k: (None if v is None else float(v)) for k, v in r["values"].items()})
+        rows = [Row(_text(r["method"]), None if r["t"] is None else _finite(r["t"]),
+                    {_text(k): (None if v is None else float(v)) for k, v in r["values"].items()})
                 for r in record["rows"]]
         settings = dict(record["settings"])
         text = None if settings else record.get("protocol")  # a table written with a given protocol line
         model = record.get("model")
         return Table(rows, settings, record.get("title", "metrics"), list(record.get("notes", [])), text,
                      record.get("split"), model if isinstance(model, dict) else None)
-    except (ValueError, KeyError, TypeError, RecursionError) as err:
-        raise ConfigError(f"'{path}' is not a metrics record written by ctsr ({err}); move it away") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise ConfigError(f"'{path}' is not a metrics record written by ctsr ({describe(err)}); move it away") from None

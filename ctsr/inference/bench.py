@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager rows only")
     args = p.parse_args(argv)
     check(args.repeats >= 1, "--repeats", f"must be ≥ 1, got {args.repeats}")
+    check(args.warmup >= 0, "--warmup", f"must be ≥ 0, got {args.warmup}")
+    check(all(b >= 1 for b in args.batches), "--batches", f"each must be ≥ 1, got {args.batches}")
+    check(all(0 <= t <= 1 for t in args.ts), "--t", f"each must lie in [0, 1], got {args.ts}")
+    check((args.resolution is None or args.resolution > 0) and (args.large is None or args.large >= 0),
+          "--resolution/--large", "must be positive (--large 0: skip)")
     resolution = args.resolution or (512 if args.size == "sd21" else 64)
     large = args.large if args.large is not None else (2048 if args.size == "sd21" else 0)
     check(resolution % 64 == 0 and large % 64 == 0, "--resolution/--large", "must be multiples of 64")
