@@ -227,6 +227,9 @@ def test_the_recorded_t_is_the_default_everywhere(model_file, tmp_path, capsys):
     with torch.no_grad():
         assert model.default_t == 0.6 and torch.equal(model(x), model(x, 0.6))
     assert load_pretrained(selected.parent).default_t == 0.6
+    capsys.readouterr()
+    assert ControllableSR.from_pretrained(str(selected.parent)).default_t == 0.6
+    assert "records t = 0.6 (`ctsr select-t`, rule weighted); model(x) uses it" in capsys.readouterr().err
     assert ControllableSR.load(model_file).default_t == 0.0  # nothing recorded: the realness end, as before
 
 

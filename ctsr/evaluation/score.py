@@ -30,7 +30,6 @@ from ctsr.errors import ArgumentParser, ConfigError, DataError, check, shown
 from ctsr.evaluation.tables import Row, Table, read_table, write_table
 from ctsr.metrics import DEFAULT_METRICS, METRIC_NAMES, NO_REFERENCE, MetricSuite
 
-
 # `ctsr upscale … --t 0 0.5` writes <name>_t0.png, <name>_t0.5.png (ctsr.inference.upscale.t_suffix)
 _T_SUFFIX = re.compile(r"_t(\d+(?:\.\d+)?(?:e-?\d+)?)$")
 

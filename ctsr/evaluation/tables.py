@@ -10,6 +10,7 @@ fidelity teacher's image), named as in the run tables; a value a row does not ha
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +137,7 @@ def _text(value) -> str:
 
 
 def _finite(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise TypeError(f"expected a number for t, got {value!r}"[:80])
     return float(value)
 

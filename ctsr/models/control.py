@@ -297,10 +297,18 @@ class ControllableSR(nn.Module):
     def from_pretrained(cls, repo_or_path: str, revision: str | None = None, **load_kwargs) -> "ControllableSR":
         """A CTSR model from the Hugging Face Hub (``owner/name``; its cache, ``HF_HUB_OFFLINE``, ``revision``) or
         a local folder in the same layout (the exported safetensors, ``config.json``, a model card):
-        :func:`ctsr.models.hub.load_pretrained`."""
+        :func:`ctsr.models.hub.load_pretrained`. A recorded ``selected_t`` is the default t of ``model(x)``, said in
+        one line on stderr."""
+        import sys
+
         from ctsr.models.hub import load_pretrained
 
-        return load_pretrained(repo_or_path, revision=revision, **load_kwargs)
+        model = load_pretrained(repo_or_path, revision=revision, **load_kwargs)
+        if model.selected_t is not None:  # one truth for t: model(x) runs at the recorded t, and says so once
+            print(f"ctsr: {shown(repo_or_path)} records t = {model.selected_t:g} (`ctsr select-t`, rule "
+                  f"{shown(model.selected_t_record.get('rule', '?'))}); model(x) uses it unless t is given",
+                  file=sys.stderr)
+        return model
 
     @classmethod
     def load(cls, path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
