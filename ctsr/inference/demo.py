@@ -1,6 +1,7 @@
 """``ctsr demo``: a local web page (gradio) with the control value t as a slider.
 
-    ctsr demo --ckpt runs/quickstart-stage2/ctsr.safetensors      # then open http://127.0.0.1:7860
+    ctsr demo                                                      # the shipped mini-world model, http://127.0.0.1:7860
+    ctsr demo --ckpt runs/quickstart-stage2/ctsr.safetensors
     ctsr demo --ckpt owner/name --port 8000                        # a model from the Hugging Face Hub
 
 Upload an image: the page shows the LR, and the ×4 result at the slider's t beside the bicubic ×4 upscale of the
@@ -46,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local web page with a t slider (0 = realness end, 1 = fidelity end): upload an image, see "
         "the LR and the ×4 result beside the bicubic upscale; moving the slider only decodes (z0 and the velocity "
         "are computed once per upload). Tiling, colour correction and their defaults are those of `ctsr upscale`.")
-    p.add_argument("--ckpt", required=True,
-                   help="model: an exported .safetensors, a stage-2 .ckpt, a CTSR folder, or a Hugging Face Hub id "
-                   "owner/name[@revision]")
+    p.add_argument("--ckpt", default="mini",
+                   help="model: an exported .safetensors, a stage-2 .ckpt, a CTSR folder, a Hugging Face Hub id "
+                   "owner/name[@revision], or mini (default: the mini-world model shipped with ctsr)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -290,9 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         demo = Demo(upscaler, args.max_pixels, Path(tmp))
         ckpt = Path(str(args.ckpt))
         name = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.is_file() and ckpt.parent.name else str(args.ckpt)
-        tiny = model.generator.config.get("pretrained") == "tiny"
-        note = ("A tiny random-init model (the quick start's smoke test): the page works as with a real model, the "
-                "pictures are not meant to look good." if tiny else "")
+        base = model.generator.config.get("pretrained")
+        note = {"tiny": "A tiny random-init model (a smoke test): the page works as with a real model, the pictures "
+                        "are not meant to look good.",
+                "mini": "The mini-world model: a 1.4 M-parameter student of SD's classes, trained on a CPU on 19 "
+                        "photos with Real-ESRGAN x4plus as its realness teacher (README, \"Mini world\"). Real "
+                        "use wants a model trained on SD 2.1-base."}.get(base, "")
         page = build_page(demo, initial_t, controllable, f"CTSR ×4 — {name}", note)
         host = "127.0.0.1" if args.screenshot is not None else args.host
         port = free_port() if args.screenshot is not None else args.port

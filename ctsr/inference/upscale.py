@@ -360,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=Path, help="an image file, or a folder (searched recursively)")
     p.add_argument("output", type=Path, help="output file (for one input file) or folder; never inside INPUT")
-    p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, "
-                   "a run folder (its newest checkpoint), a CTSR folder, or a Hugging Face Hub id "
-                   "owner/name[@revision]")
+    p.add_argument("--ckpt", default="mini", help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, "
+                   "a run folder (its newest checkpoint), a CTSR folder, a Hugging Face Hub id owner/name[@revision], "
+                   "or mini (default: the mini-world model shipped with ctsr)")
     p.add_argument("--t", type=float, nargs="+", default=[0.0], metavar="T",
                    help="control value(s) in [0, 1], default 0; several write <name>_t<T>.<ext> each")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
