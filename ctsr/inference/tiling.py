@@ -403,7 +403,8 @@ def tiled_inference(
 
     def tiled_eps(z_t: Tensor, tau, context: Tensor | None = None) -> Tensor:
         tau = torch.as_tensor(tau, device=z_t.device, dtype=torch.float32).reshape(-1).expand(z_t.shape[0])
-        per_sample = context is not None and context.shape[0] > 1
+        context = generator.context if context is None else context  # per-image prompts: one context per sample
+        per_sample = context.shape[0] > 1
 
         def one(z: Tensor, i: Tensor) -> Tensor:
             return eps(z, tau[i], context[i] if per_sample else context)

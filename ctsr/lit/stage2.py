@@ -7,6 +7,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ctsr.errors import check
 from ctsr.lit.common import LoRACheckpointMixin, adamw
+from ctsr.lit.prompting import GroundTruthPrompts
 from ctsr.losses.stage2 import Objective, Path, TeacherInput, TSampler, stage2_terms
 from ctsr.models.control import ControllableSR, read_stage1_lora
 from ctsr.models.generator import OneStepGenerator
@@ -30,7 +31,7 @@ def check_stage1_fits(stage1: dict, generator: dict, path: str) -> None:
           + " (set them as in the stage-1 run)")
 
 
-class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
+class ControllabilityDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.LightningModule):
     """Trains the student ε_S so that ``ControllableSR``'s z(t) follows the control path, evaluated where it is
     trained (:mod:`ctsr.losses.stage2`): by default the endpoint objective ‖ε_S(z0, τ_c) − (z_f − z0)‖², so that
     z(t) = z0 + t·ε_S(z0, τ_c) — t = 0 the stage-1 output (realness end), t = 1 the fidelity teacher's latent.

@@ -36,6 +36,7 @@ from ctsr.errors import check
 from ctsr.models import configs
 from ctsr.models.loading import load_osediff_lora, load_sd_components
 from ctsr.models.lora import UNET_TARGETS, VAE_ENCODER_TARGETS, add_lora, lora_parameters
+from ctsr.models.prompting import Prompting, build_prompter
 from ctsr.models.prompts import PromptEncoder
 
 ADAPTER = "ctsr"
@@ -118,6 +119,9 @@ class OneStepGenerator(nn.Module):
         train_conv_in: train the UNet's ``conv_in`` in full besides its LoRA, as OSEDiff (``OSEDiff_gen.set_train``,
             ``train_osediff.py``); its base weights are then saved with the LoRA weights.
         prompt: the text prompt c for every image (computed once through the CLIP text encoder).
+        prompting: per-image prompts (:mod:`ctsr.models.prompting`): ``{mode: dape, ...}`` conditions the UNet (and
+            the teachers, which read ``context``) on each image's DAPE tags, as OSEDiff runs; null / ``mode: fixed``:
+            ``prompt`` for every image (the default).
         latent_sampling: how the LR latent is taken from the encoder's distribution: ``auto`` samples in training
             (OSEDiff's ``OSEDiff_gen.forward``) and takes the mode in evaluation (deterministic; OSEDiff's
             ``OSEDiff_test.forward`` samples), ``mode`` or ``sample`` always.
@@ -153,6 +157,7 @@ class OneStepGenerator(nn.Module):
         seed: int = 0,
         unet_training: Literal["lora", "full"] = "lora",
         generator_timestep: float = GENERATOR_TIMESTEP,
+        prompting: Prompting | None = None,
     ) -> None:
         super().__init__()
         check(lora_rank >= 1, "lora_rank", f"must be ≥ 1, got {lora_rank}")
@@ -171,6 +176,9 @@ class OneStepGenerator(nn.Module):
                            vae_lora_rank=vae_lora_rank, lora_alpha=float(lora_alpha), train_conv_in=bool(train_conv_in),
                            prompt=prompt, latent_sampling=latent_sampling, lr_upsample=lr_upsample, seed=seed,
                            unet_training=unet_training, generator_timestep=float(generator_timestep))
+        prompting = Prompting.parse(prompting)  # a stored config holds a dict
+        if prompting is not None:
+            self.config["prompting"] = prompting.as_config()
         self.unet_training = unet_training
         self.generator_timestep = float(generator_timestep)
         parts = load_sd_components(pretrained, seed=seed)
@@ -181,6 +189,7 @@ class OneStepGenerator(nn.Module):
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.prompts = PromptEncoder(parts.text_encoder, parts.tokenizer)
         self.register_buffer("context", self.prompts.encode(prompt), persistent=False)
+        self.prompter = build_prompter(prompting, self.prompts, prompt, self.upsample)  # None: the fixed prompt
         self.schedule = NoiseSchedule()
         if unet_training == "lora":
             add_lora(self.unet, lora_rank, UNET_TARGETS, ADAPTER, alpha=lora_alpha)
@@ -215,6 +224,14 @@ class OneStepGenerator(nn.Module):
         return cls(**{**cls.complete_config(config), **overrides})
 
     # -- pieces ---------------------------------------------------------------------------------------------
+    def use_context(self, context: Tensor | None = None) -> None:
+        """Condition the next passes on per-image prompt embeddings c (B, 77, D) (``prompting``); None: the fixed
+        prompt's (1, 77, D) again. Everything that reads ``context`` (ε_S, the teachers through the losses, the
+        control model) follows."""
+        if "fixed_context" not in self._buffers:
+            self.register_buffer("fixed_context", self.context, persistent=False)
+        self.context = self.fixed_context if context is None else context.to(self.fixed_context.device)
+
     def batch_context(self, batch: int, context: Tensor | None = None) -> Tensor:
         c = self.context if context is None else context
         return c.expand(batch, -1, -1) if c.shape[0] == 1 else c
@@ -264,6 +281,8 @@ class OneStepGenerator(nn.Module):
     def latent(self, x_lr: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """ẑ0 of the one-step generator: (B,3,h,w) in [0,1] → (B,4,h/2,w/2)."""
         z_l = self.lr_latent(x_lr, generator, sample)
+        if self.prompter is not None:
+            self.prompter.update(self, x_lr)  # c from x_LR's tags (unless a caller pinned it)
         eps = self.eps(z_l, self.generator_timestep)
         return self.schedule.x0_from_eps(z_l, eps, self.generator_timestep)
 
