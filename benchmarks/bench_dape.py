@@ -83,7 +83,8 @@ def main() -> None:
     ids = parts.tokenizer(["3D CG rendering, abacus, zoo, a photo,"], padding="max_length",
                           max_length=parts.tokenizer.model_max_length, truncation=True,
                           return_tensors="pt").input_ids.to(device)
-    jobs = {"tagger (preprocess + Swin + head)": lambda: tagger.tag(up), "CLIP text encoder (1 prompt)": lambda: text(ids)}
+    jobs = {"tagger (preprocess + Swin + head)": lambda: tagger.tag(up),
+            "CLIP text encoder (1 prompt)": lambda: text(ids)}
     if generator is not None:
         jobs["one-step generator (baseline)"] = lambda: generator(x_lr)
     for fn in jobs.values():  # warm-up

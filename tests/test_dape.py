@@ -94,7 +94,7 @@ def test_tagger_matches_the_official_logits_and_tags(files, io, variant, antiali
     with torch.no_grad():
         if not antialias:
             embeds = tagger.image_proj(tagger.visual_encoder(x))
-            torch.testing.assert_close(embeds, io[f"{name}_image_embeds"], rtol=0, atol=1e-6)  # bit-exact on this machine
+            torch.testing.assert_close(embeds, io[f"{name}_image_embeds"], rtol=0, atol=1e-6)  # bit-exact here
         logits = tagger(x)
     torch.testing.assert_close(logits, io[f"{name}_logits"], rtol=0, atol=1e-6)  # bit-exact on this machine
     assert torch.equal(tagger.selected(logits).float(), io[f"{name}_targets"])

@@ -131,7 +131,8 @@ class Demo:
                 state = self.upscaler.prepare(x[None])
                 bicubic = state.reference
                 if bicubic is None:  # --color none: the comparison still needs the bicubic upscale
-                    bicubic = F.interpolate(x[None], scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+                    bicubic = F.interpolate(x[None], scale_factor=self.upscaler.scale, mode="bicubic",
+                                            align_corners=False).clamp(0, 1)
         except RuntimeError as err:
             return None, None, None, f"⚠ **{name} could not be upscaled**: {describe(err)}"
         lr, bic = folder / "lr.png", folder / f"{Path(name).stem}_bicubic.png"
@@ -170,7 +171,8 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, not
             return None, None, None, gr.update(value=None, visible=False), message
         sr, seconds = demo.render(upload, t)
         h, w = upload.state.size
-        status = (f"{upload.name}: {w}×{h} → {4 * w}×{4 * h}. Prepared once in {upload.prepare_s:.2f} s "
+        s = demo.upscaler.scale
+        status = (f"{upload.name}: {w}×{h} → {s * w}×{s * h}. Prepared once in {upload.prepare_s:.2f} s "
                   f"(z0{' and the velocity' if upload.state.velocity is not None else ''}); t = {float(t):g} "
                   f"rendered in {seconds:.2f} s." + prompt_line(upload))
         return (upload, str(lr), gr.update(value=(str(bic), str(sr)), label=_compare_label(t)),
@@ -181,7 +183,8 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, not
             return gr.skip(), gr.skip(), gr.skip()
         sr, seconds = demo.render(upload, t)
         h, w = upload.state.size
-        status = (f"{upload.name}: {w}×{h} → {4 * w}×{4 * h}. t = {float(t):g} rendered in {seconds:.2f} s "
+        s = demo.upscaler.scale
+        status = (f"{upload.name}: {w}×{h} → {s * w}×{s * h}. t = {float(t):g} rendered in {seconds:.2f} s "
                   f"(a decode: z0{' and the velocity' if upload.state.velocity is not None else ''} reused)."
                   + prompt_line(upload))
         return (gr.update(value=(str(upload.bicubic), str(sr)), label=_compare_label(t)),

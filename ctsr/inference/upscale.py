@@ -172,7 +172,12 @@ class Upscaler:
     def pad_multiple(self) -> int:
         """LR sides are padded to a multiple of this: latent sides (LR/2) a multiple of the UNet's downsampling,
         and at least 8."""
-        return lr_multiple(self.model.generator.unet)
+        return lr_multiple(self.model.generator.unet, self.scale)
+
+    @property
+    def scale(self) -> int:
+        """The model's upscaling factor (4; 1 for same-size tasks such as low-light enhancement)."""
+        return int(getattr(self.model.generator, "scale", 4))
 
     @torch.no_grad()
     def prepare(self, x_lr: Tensor, with_velocity: bool = True) -> "UpscaleState":
@@ -200,7 +205,7 @@ class Upscaler:
                 prompter.unpin(gen)
         reference = None
         if self.color != "none":
-            reference = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+            reference = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
         return UpscaleState(z0=z0, velocity=velocity, reference=reference, size=(h, w), prompts=prompts,
                             context=context)
 
@@ -217,7 +222,8 @@ class Upscaler:
                 z = self.model.controlled_latent(state.z0, t, state.velocity)   # z(t), DESIGN §6
             out = (gen.decode(z) + 1) / 2
         h, w = state.size
-        return color_fix(out[..., : 4 * h, : 4 * w], state.reference, self.color)
+        s = self.scale
+        return color_fix(out[..., : s * h, : s * w], state.reference, self.color)
 
     @torch.no_grad()
     def __call__(self, x_lr: Tensor, ts: Sequence[float]) -> list[Tensor]:

@@ -15,7 +15,8 @@ from ctsr.models.teachers import AnchoredTeacher
 
 
 # what must be the same in stage 2's generator as in the stage-1 run, or T_S is not the stage-1 network
-STAGE1_KEYS = ("lora_rank", "vae_lora_rank", "lora_alpha", "train_conv_in", "unet_training", "generator_timestep")
+STAGE1_KEYS = ("lora_rank", "vae_lora_rank", "lora_alpha", "train_conv_in", "unet_training", "generator_timestep",
+               "scale")
 
 
 def check_stage1_fits(stage1: dict, generator: dict, path: str) -> None:

@@ -122,6 +122,8 @@ class OneStepGenerator(nn.Module):
         prompting: per-image prompts (:mod:`ctsr.models.prompting`): ``{mode: dape, ...}`` conditions the UNet (and
             the teachers, which read ``context``) on each image's DAPE tags, as OSEDiff runs; null / ``mode: fixed``:
             ``prompt`` for every image (the default).
+        scale: the upscaling factor: 4 (×4 SR, the paper) or 1 (same-size restoration: the low-light task of
+            Table 9, ``task: lle``; the input is encoded as it is). Files written before this option are ×4.
         latent_sampling: how the LR latent is taken from the encoder's distribution: ``auto`` samples in training
             (OSEDiff's ``OSEDiff_gen.forward``) and takes the mode in evaluation (deterministic; OSEDiff's
             ``OSEDiff_test.forward`` samples), ``mode`` or ``sample`` always.
@@ -158,6 +160,7 @@ class OneStepGenerator(nn.Module):
         unet_training: Literal["lora", "full"] = "lora",
         generator_timestep: float = GENERATOR_TIMESTEP,
         prompting: Prompting | None = None,
+        scale: int = 4,
     ) -> None:
         super().__init__()
         check(lora_rank >= 1, "lora_rank", f"must be ≥ 1, got {lora_rank}")
@@ -168,6 +171,8 @@ class OneStepGenerator(nn.Module):
         check(lora_alpha > 0, "lora_alpha", f"must be > 0, got {lora_alpha}")
         check(latent_sampling in ("auto", "mode", "sample"), "latent_sampling", f"unknown value {latent_sampling!r}")
         check(lr_upsample in LR_UPSAMPLE, "lr_upsample", f"must be torch or pil, got {lr_upsample!r}")
+        check(isinstance(scale, int) and scale in (1, 2, 4), "scale", f"must be 1, 2 or 4, got {scale!r}")
+        self.scale = scale
         self.pretrained = pretrained
         self.latent_sampling = latent_sampling
         self.lr_upsample = lr_upsample
@@ -175,7 +180,8 @@ class OneStepGenerator(nn.Module):
         self.config = dict(pretrained=pretrained, osediff_lora=osediff_lora, lora_rank=lora_rank,
                            vae_lora_rank=vae_lora_rank, lora_alpha=float(lora_alpha), train_conv_in=bool(train_conv_in),
                            prompt=prompt, latent_sampling=latent_sampling, lr_upsample=lr_upsample, seed=seed,
-                           unet_training=unet_training, generator_timestep=float(generator_timestep))
+                           unet_training=unet_training, generator_timestep=float(generator_timestep),
+                           scale=scale)
         prompting = Prompting.parse(prompting)  # a stored config holds a dict
         if prompting is not None:
             self.config["prompting"] = prompting.as_config()
@@ -216,6 +222,7 @@ class OneStepGenerator(nn.Module):
         cfg.setdefault("lr_upsample", "torch")
         cfg.setdefault("unet_training", "lora")
         cfg.setdefault("generator_timestep", float(GENERATOR_TIMESTEP))
+        cfg.setdefault("scale", 4)
         return cfg
 
     @classmethod
@@ -269,10 +276,14 @@ class OneStepGenerator(nn.Module):
 
     # -- the generator ---------------------------------------------------------------------------------------
     def upsample(self, x_lr: Tensor) -> Tensor:
-        """x_LR (B,3,h,w) in [0,1] → ×4 in [0,1], by ``lr_upsample`` (torch's or PIL's bicubic)."""
+        """x_LR (B,3,h,w) in [0,1] → ×``scale`` in [0,1], by ``lr_upsample`` (torch's or PIL's bicubic); scale 1:
+        the input as it is."""
+        s = self.scale
+        if s == 1:
+            return x_lr.clamp(0, 1)
         if self.lr_upsample == "pil":
-            return pil_bicubic_resize(x_lr, (4 * x_lr.shape[-2], 4 * x_lr.shape[-1]))
-        return F.interpolate(x_lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+            return pil_bicubic_resize(x_lr, (s * x_lr.shape[-2], s * x_lr.shape[-1]))
+        return F.interpolate(x_lr, scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1)
 
     def lr_latent(self, x_lr: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """z_L of x_LR (B,3,h,w) in [0,1]: bicubic ×4 (``lr_upsample``), to [-1,1], encode."""

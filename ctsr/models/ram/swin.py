@@ -83,7 +83,8 @@ class WindowAttention(nn.Module):
         attn = attn + bias.permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
             nw = mask.shape[0]
-            attn = (attn.view(bn // nw, nw, self.heads, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, self.heads, n, n)
+            attn = attn.view(bn // nw, nw, self.heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.heads, n, n)
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(bn, n, c))
 
