@@ -287,3 +287,12 @@ def test_ctsr_fit_with_dape_prompts_tags_ground_truth_in_training_and_lr_in_vali
     run = tmp_path / "runs" / "quickstart-stage1"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["ctsr_generator_config"]["prompting"]["mode"] == "dape"
+
+
+def test_stage2_refuses_another_prompting_than_stage1s():
+    from ctsr.lit.stage2 import check_stage1_fits
+
+    dape = {"pretrained": "tiny", "prompting": {"mode": "dape"}}
+    check_stage1_fits(dape, {"pretrained": "tiny", "prompting": {"mode": "dape"}}, "s1.ckpt")
+    with pytest.raises(ConfigError, match="model.generator.prompting.*dape.*fixed"):
+        check_stage1_fits(dape, {"pretrained": "tiny"}, "s1.ckpt")

@@ -25,6 +25,10 @@ def check_stage1_fits(stage1: dict, generator: dict, path: str) -> None:
     if not stage1:
         return
     saved = OneStepGenerator.complete_config(stage1)
+    mode = lambda cfg: (cfg.get("prompting") or {}).get("mode", "fixed")  # noqa: E731 (per-image prompts or not)
+    check(mode(saved) == mode(generator), "model.generator.prompting",
+          f"the stage-1 checkpoint '{path}' was trained with prompting mode {mode(saved)}, this config has "
+          f"{mode(generator)} (stack the same prompting override on stage 2)")
     bad = [k for k in STAGE1_KEYS if k in saved and k in generator and saved[k] != generator[k]]
     check(not bad, "model.generator",
           f"the stage-1 checkpoint '{path}' was trained with " + ", ".join(f"{k}={saved[k]}" for k in bad)
