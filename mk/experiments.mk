@@ -45,3 +45,7 @@ sweep-t: $(EXP_DEPS) ## Tables 7, 10-12: `ctsr test` of CKPT=… across t with e
 
 linear-combination: $(EXP_DEPS) ## Table 1 baseline: α·fidelity + (1-α)·realness, α=0…1, table + figure in results/
 	$(EXP_ENV) $(BIN)/python -m ctsr.experiments.linear_combination --size $(SIZE) --results $(RESULTS) $(if $(DRY_RUN),--dry-run) $(if $(REALNESS),--realness $(REALNESS)) $(if $(FIDELITY),--fidelity $(FIDELITY))
+
+.PHONY: table9
+table9: $(EXP_DEPS) ## Table 9: low-light enhancement — train stage 1 of task lle, score it beside its teachers (GSAD's protocol), results/table9.md (SIZE=tiny|paper; FIDELITY=… REALNESS=… MODEL=…)
+	$(EXP_ENV) $(BIN)/python -m ctsr.experiments.table9 --size $(SIZE) --runs-dir $(RUNS) --results $(RESULTS) $(if $(filter tiny,$(SIZE)),--in-process) $(if $(DRY_RUN),--dry-run) $(if $(FIDELITY),--fidelity $(FIDELITY)) $(if $(REALNESS),--realness $(REALNESS)) $(if $(MODEL),--model $(MODEL))

@@ -38,7 +38,8 @@ DEFAULT_MAX_PIXELS = 1024 * 1024  # LR pixels (w × h): a 1024² input becomes a
 T_STEP = 0.05
 # options of `ctsr upscale` that build its Upscaler and load the model: copied, defaults and help included
 UPSCALE_OPTIONS = ("device", "precision", "batch_size", "tile", "tile_overlap", "vae_tile", "vae_overlap",
-                   "shared_norms", "color", "compile", "control_steps", "pretrained", "osediff_lora")
+                   "shared_norms", "color", "compile", "control_steps", "pretrained", "osediff_lora", "prompting",
+                   "ram_weights", "dape_weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +132,8 @@ class Demo:
                 state = self.upscaler.prepare(x[None])
                 bicubic = state.reference
                 if bicubic is None:  # --color none: the comparison still needs the bicubic upscale
-                    bicubic = F.interpolate(x[None], scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+                    bicubic = F.interpolate(x[None], scale_factor=self.upscaler.scale, mode="bicubic",
+                                            align_corners=False).clamp(0, 1)
         except RuntimeError as err:
             return None, None, None, f"⚠ **{name} could not be upscaled**: {describe(err)}"
         lr, bic = folder / "lr.png", folder / f"{Path(name).stem}_bicubic.png"
@@ -153,6 +155,12 @@ class Demo:
         return out, seconds
 
 
+def prompt_line(upload: Upload) -> str:
+    """The DAPE prompt the upload was upscaled with (empty for a fixed prompt), for the status line."""
+    prompts = upload.state.prompts
+    return f" Prompt (DAPE tags): `{prompts[0]}`" if prompts else ""
+
+
 def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, note: str = ""):
     import gradio as gr
 
@@ -164,9 +172,10 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, not
             return None, None, None, gr.update(value=None, visible=False), message
         sr, seconds = demo.render(upload, t)
         h, w = upload.state.size
-        status = (f"{upload.name}: {w}×{h} → {4 * w}×{4 * h}. Prepared once in {upload.prepare_s:.2f} s "
+        s = demo.upscaler.scale
+        status = (f"{upload.name}: {w}×{h} → {s * w}×{s * h}. Prepared once in {upload.prepare_s:.2f} s "
                   f"(z0{' and the velocity' if upload.state.velocity is not None else ''}); t = {float(t):g} "
-                  f"rendered in {seconds:.2f} s.")
+                  f"rendered in {seconds:.2f} s." + prompt_line(upload))
         return (upload, str(lr), gr.update(value=(str(bic), str(sr)), label=_compare_label(t)),
                 gr.update(value=str(sr), label=f"Download {sr.name}", visible=True), status)
 
@@ -175,8 +184,10 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, not
             return gr.skip(), gr.skip(), gr.skip()
         sr, seconds = demo.render(upload, t)
         h, w = upload.state.size
-        status = (f"{upload.name}: {w}×{h} → {4 * w}×{4 * h}. t = {float(t):g} rendered in {seconds:.2f} s "
-                  f"(a decode: z0{' and the velocity' if upload.state.velocity is not None else ''} reused).")
+        s = demo.upscaler.scale
+        status = (f"{upload.name}: {w}×{h} → {s * w}×{s * h}. t = {float(t):g} rendered in {seconds:.2f} s "
+                  f"(a decode: z0{' and the velocity' if upload.state.velocity is not None else ''} reused)."
+                  + prompt_line(upload))
         return (gr.update(value=(str(upload.bicubic), str(sr)), label=_compare_label(t)),
                 gr.update(value=str(sr), label=f"Download {sr.name}", visible=True), status)
 
@@ -277,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
     if args.control_steps is not None:
         model.control_steps = args.control_steps
+    from ctsr.models.prompting import configure_prompts
+
+    configure_prompts(model.generator, args.prompting, args.ram_weights, args.dape_weights)
     controllable = getattr(model, "supports_control", True)
     default_t = model.selected_t if getattr(model, "selected_t", None) is not None else 0.5
     initial_t = default_t if args.initial_t is None or args.screenshot is not None else args.initial_t
