@@ -410,13 +410,17 @@ def test_odd_folder_and_file_names_train_through_ctsr_fit(sample_dir, tmp_path, 
 def test_fit_before_the_sample_photos_exist_says_make_samples_and_leaves_no_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    assert main(["fit", "--config", "experiments/quickstart.yaml"]) == 2
+    assert main(["fit", "--config", "experiments/tiny_stage1.yaml"]) == 2
     one_line(capsys, "data/samples/train", "make samples")
-    assert listing(tmp_path) == ["experiments"]  # no runs/quickstart-stage1 left behind
+    assert listing(tmp_path) == ["experiments"]  # no runs/tiny/ctsr-stage1 left behind
+    # the quick start (the mini world) in a folder without its photos (or its shipped weights): one line, no run
+    assert main(["fit", "--config", "experiments/quickstart.yaml"]) == 2
+    one_line(capsys, "make")
+    assert listing(tmp_path) == ["experiments"]
 
 
 def test_command_lines_that_do_not_parse_are_one_line(capsys):
-    for argv, text in ((["upscale"], "required: input, output, --ckpt"), (["score", "--bogus"], "--bogus"),
+    for argv, text in ((["upscale"], "required: input, output"), (["score", "--bogus"], "--bogus"),
                        (["fit", "--trainer.bogus", "1"], "--trainer.bogus"), (["bogus"], "subcommand"),
                        (["fit", "--config", "missing.yaml"], "missing.yaml"), (["export", "-m.ckpt", "o"], "./-m.ckpt")):
         assert main(argv) == 2, argv

@@ -393,7 +393,47 @@ _GENERATOR_FIELDS = {  # key → (test, what it must be)
     "seed": (_int, "an integer"),
     "unet_training": (lambda v: v in ("lora", "full"), "lora or full"),
     "generator_timestep": (lambda v: _number(v) and 0 <= v <= GENERATOR_TIMESTEP, f"a number in [0, {GENERATOR_TIMESTEP}]"),
+    "scale": (lambda v: _int(v) and v in (1, 2, 4), "1, 2 or 4"),
+    "prompting": (lambda v: _prompting(v), "null, fixed, dape, or the options of ctsr.models.prompting.Prompting "
+                  "with a tagger no larger than the released RAM Swin-L (its files regular files)"),
 }
+
+
+def _prompting(value) -> bool:
+    """A stored ``prompting``: None, a mode, or a mapping of plain options whose ``tagger`` (RAMTagger arguments,
+    built when a prompt is first needed) is no larger than the released tagger and names regular files only (a
+    crafted one could ask for a huge network, or read /dev/zero as its tag list). Its options are checked again by
+    ``Prompting.parse``."""
+    import inspect
+    import os
+
+    if value is None or value in ("fixed", "dape"):
+        return True
+    if not isinstance(value, dict) or not isinstance(value.get("tagger", {}), dict):
+        return False
+    if any(k != "tagger" and not (v is None or isinstance(v, (bool, int, float, str))) for k, v in value.items()):
+        return False
+    from ctsr.models.ram import RAMTagger
+
+    defaults = {k: p.default for k, p in inspect.signature(RAMTagger.__init__).parameters.items() if k != "self"}
+    for key, v in value.get("tagger", {}).items():
+        if key not in defaults:
+            return False
+        d = defaults[key]
+        if isinstance(d, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(d, int):
+            ok = _int(v) and 1 <= v <= d
+        elif isinstance(d, float):
+            ok = _number(v)
+        elif isinstance(d, (tuple, list)):
+            ok = (isinstance(v, (list, tuple)) and len(v) == len(d)
+                  and all(_int(x) and 1 <= x <= y for x, y in zip(v, d)))
+        else:  # a file (tag list, thresholds)
+            ok = _text(v) and os.path.isfile(v)
+        if not ok:
+            return False
+    return True
 _CONTROL_FIELDS = {
     "rank": (lambda v: _int(v) and v >= 1, "an integer ≥ 1"),
     "tau_max": (lambda v: _number(v) and 0 < v <= GENERATOR_TIMESTEP, f"a number in (0, {GENERATOR_TIMESTEP}]"),

@@ -88,6 +88,9 @@ def load_sd_components(
     if pretrained == configs.MINI:  # the mini world's base, shipped inside the package (ctsr.mini)
         from ctsr.mini import BASE
 
+        if not BASE.is_dir():
+            raise MissingWeightsError(f"the mini world's base model '{BASE}' is missing (build it with `make mini "
+                                      f"SHIP=1`)")
         pretrained = str(BASE)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
