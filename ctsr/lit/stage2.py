@@ -100,7 +100,7 @@ class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
         )
         if init_from:
             from ctsr.models.control import load_into, read_control_lora
-            from ctsr.models.export import resolve_model_spec
+            from ctsr.models.sources import resolve_model_spec
 
             load_into(self.model.generator.unet, read_control_lora(resolve_model_spec(init_from)), "init_from")
         self.fidelity_teacher = fidelity_teacher

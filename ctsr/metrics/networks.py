@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ctsr.checkpoints import weights_only_loads
 from ctsr.errors import ConfigError, describe, shown
-from ctsr.losses.perceptual import build_lpips
+from ctsr.nets.lpips import build_lpips
 from ctsr.metrics.functional import ColorSpace, psnr, ssim
 
 Weights = Literal["pretrained", "random"]

@@ -1,4 +1,6 @@
-"""The controllable CTSR model (DESIGN §6) and its export as stage-1 LoRA + stage-2 LoRA in safetensors.
+"""The controllable CTSR model (DESIGN §6), its export as stage-1 LoRA + stage-2 LoRA in safetensors, and the
+loaders of every trained file (:func:`load_model`: an exported ``.safetensors``, a stage-1 or stage-2 ``.ckpt``, a
+run folder, a CTSR folder or Hub id through :mod:`ctsr.models.sources`).
 
 Structure: one UNet with the stage-1 LoRA merged in (T_S) and a fresh ``control`` adapter (the student S); the
 VAE encoder keeps its stage-1 adapter (frozen). For x_LR and a control value t ∈ [0, 1] per sample,
@@ -25,9 +27,10 @@ from torch import Tensor, nn
 
 from ctsr.checkpoints import atomic_write_files, json_meta, load_checkpoint, read_safetensors, require_finite
 from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, tau_of_t
-from ctsr.errors import ConfigError, MissingWeightsError, check
+from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, check, describe
 from ctsr.models.generator import OneStepGenerator
 from ctsr.models.lora import UNET_TARGETS, add_lora, merge_and_remove_lora
+from ctsr.models.sources import parse_hub_id, resolve_folder, resolve_model_spec, weights_file
 
 CONTROL = "control"
 FORMAT = "ctsr-controllable-v1"
@@ -280,9 +283,7 @@ class ControllableSR(nn.Module):
     def from_pretrained(cls, repo_or_path: str, revision: str | None = None, **load_kwargs) -> "ControllableSR":
         """A CTSR model from the Hugging Face Hub (``owner/name``; its cache, ``HF_HUB_OFFLINE``, ``revision``) or
         a local folder in the same layout (the exported safetensors, ``config.json``, a model card):
-        :func:`ctsr.models.hub.load_pretrained`."""
-        from ctsr.models.hub import load_pretrained
-
+        :func:`load_pretrained`."""
         return load_pretrained(repo_or_path, revision=revision, **load_kwargs)
 
     @classmethod
@@ -351,3 +352,93 @@ def control_kwargs(stored: dict, control_steps: int | None = None) -> dict:
     if control_steps:
         kw["control_steps"] = control_steps
     return kw
+
+
+# -- loading any trained file ------------------------------------------------------------------------------------
+class Stage1Only(ControllableSR):
+    """A stage-1 generator behind the controllable interface: t must be 0."""
+
+    supports_control = False
+
+    def controlled_latent(self, z0, t, velocity=None):
+        t = self._check_t(t, z0.shape[0], z0.device)
+        if bool((t > 0).any()):
+            raise ValueError("this is a stage-1 model: only t = 0 is defined (train stage 2 for control)")
+        return z0
+
+
+def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None) -> OneStepGenerator:
+    if not cfg:
+        raise ConfigError("the checkpoint does not record its generator config (written by an older ctsr?)")
+    return generator_from_config(cfg, pretrained, osediff_lora)
+
+
+def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
+               control_steps: int | None = None) -> ControllableSR:
+    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a run folder (its
+    newest readable checkpoint by recorded step), a CTSR folder or a Hub id ``owner/name[@revision]``
+    (:func:`load_pretrained`, which comes back here with the downloaded file). Every loader goes
+    through this function: tensors only, metadata and finiteness checked. ``control_steps`` overrides the stored K.
+    ``mini``: the mini-world model shipped in the package."""
+    path = resolve_model_spec(path).expanduser()
+    if path.is_dir():
+        from ctsr.runs import model_source
+
+        path = Path(model_source(path)[0])  # a run folder: its newest readable checkpoint by recorded step
+    if not path.is_file():
+        if path.is_dir() or parse_hub_id(str(path)):  # a CTSR folder, on disk or the Hub's
+            return load_pretrained(path if path.is_dir() else str(path), pretrained=pretrained,
+                                   osediff_lora=osediff_lora, control_steps=control_steps)
+        raise MissingWeightsError(f"model file '{path}' not found (a .ckpt from `ctsr fit`, a .safetensors "
+                                  f"from `ctsr export`, a CTSR folder or a Hub id owner/name)")
+    if path.suffix == ".safetensors":
+        try:
+            return ControllableSR.load(path, pretrained, osediff_lora, control_steps=control_steps)
+        except CTSRError:
+            raise
+        except (TypeError, KeyError, ValueError) as err:  # metadata that parses but does not fit this ctsr
+            raise ConfigError(f"'{path}': its metadata does not describe a model this ctsr can build "
+                              f"({describe(err)})") from None
+    ckpt = load_checkpoint(path, "model file")
+    model = model_from_checkpoint(ckpt, pretrained, osediff_lora, str(path))
+    if control_steps is not None and getattr(model, "supports_control", True):
+        model.control_steps = control_steps
+    return model
+
+
+def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lora: str | None = None,
+                          name: str = "the checkpoint") -> ControllableSR:
+    """A loaded Lightning checkpoint dict (stage 1 or stage 2) → :class:`ControllableSR` in eval mode."""
+    state = ckpt.get("state_dict", {})
+    if not isinstance(state, dict):
+        raise ConfigError(f"{name} holds no state_dict (not a Lightning checkpoint of ctsr)")
+    require_finite(state, name)
+    if isinstance(ckpt.get("ctsr_stage1_lora"), dict):
+        require_finite(ckpt["ctsr_stage1_lora"], name, "stage-1 weights")
+    generator = _generator(ckpt.get("ctsr_generator_config", {}), pretrained, osediff_lora)
+    if "ctsr_stage1_lora" in ckpt:  # stage 2
+        control = ckpt.get("ctsr_control", {})
+        weights = {k[len("model.generator.unet."):]: v for k, v in state.items()
+                   if k.startswith("model.generator.unet.")}
+        rank = next((v.shape[0] for k, v in weights.items() if "lora_A" in k), 4)
+        model = ControllableSR.from_stage1(generator, ckpt["ctsr_stage1_lora"], control_rank=rank,
+                                           **control_kwargs(control))
+        load_into(generator.unet, weights, name)
+        return model.eval()
+    stage1 = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
+    if not stage1:
+        raise ConfigError(f"{name} holds neither a stage-1 nor a stage-2 CTSR model")
+    return Stage1Only.from_stage1(generator, stage1).eval()
+
+
+def load_pretrained(repo_or_path: str | Path, revision: str | None = None, **load_kwargs):
+    """A CTSR model from the Hub (``owner/name``, ``owner/name@revision``) or a local folder (or model file) →
+    :class:`~ctsr.models.control.ControllableSR` in eval mode on the CPU. ``load_kwargs``: ``pretrained``,
+    ``osediff_lora``, ``control_steps`` of :meth:`ControllableSR.load`."""
+    # every file through load_model: tensors only, metadata and finiteness checked (docs/reliability.md)
+    path = Path(repo_or_path).expanduser()
+    if path.is_file():
+        if revision is not None:
+            raise ConfigError(f"revision: '{revision}' given for the local file '{path}' (revisions are for hub ids)")
+        return load_model(path, **load_kwargs)
+    return load_model(weights_file(resolve_folder(repo_or_path, revision)), **load_kwargs)
