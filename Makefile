@@ -37,19 +37,25 @@ test-slow: $(STAMP) ## run the slow CPU tests too (the kill-and-resume loops of 
 samples: $(STAMP) ## write the bundled sample photos to data/samples
 	$(BIN)/python data/make_samples.py
 
-quickstart: $(STAMP) samples ## stage 1 then stage 2 on tiny models and the sample photos (CPU, a few minutes)
-	rm -rf $(RUNS)/quickstart-stage1 $(RUNS)/quickstart-stage2
+quickstart: $(STAMP) mini-data ## the mini world: fine-tune both stages from the shipped model, evaluate on held-out photos, upscale one (CPU, ≈ 4 min)
+	rm -rf $(RUNS)/quickstart-stage1 $(RUNS)/quickstart-stage2 $(RUNS)/quickstart-eval
 	$(OFFLINE) $(CTSR) fit --config experiments/quickstart.yaml
 	$(OFFLINE) $(CTSR) fit --config experiments/quickstart_stage2.yaml
 	$(OFFLINE) $(CTSR) export $(RUNS)/quickstart-stage2/checkpoints/last.ckpt $(RUNS)/quickstart-stage2/ctsr.safetensors
-	@echo "Runs: $(RUNS)/quickstart-stage1, $(RUNS)/quickstart-stage2 — open them with: make tensorboard"
+	$(OFFLINE) $(CTSR) test --config experiments/mini/eval.yaml --trainer.logger.init_args.name quickstart-eval \
+		--model.init_args.model_path $(RUNS)/quickstart-stage2/ctsr.safetensors
+	$(OFFLINE) $(CTSR) upscale data/mini/test/LR/kodim19.png $(RUNS)/quickstart-eval/upscaled \
+		--ckpt $(RUNS)/quickstart-stage2/ctsr.safetensors --t 0 0.5 1 --overwrite
+	@echo "Runs: $(RUNS)/quickstart-stage1, -stage2; the held-out table: $(RUNS)/quickstart-eval/metrics.md;"
+	@echo "an upscaled photo at t = 0, 0.5, 1: $(RUNS)/quickstart-eval/upscaled/. Open the runs with: make tensorboard"
 
 QUICKSTART_MODEL := $(RUNS)/quickstart-stage2/ctsr.safetensors
 $(QUICKSTART_MODEL):
 	$(MAKE) quickstart
 
-demo: $(STAMP) $(QUICKSTART_MODEL) ## serve the quick-start model's page with a t slider on http://127.0.0.1:7860
-	$(OFFLINE) $(CTSR) demo --ckpt $(QUICKSTART_MODEL) --device cpu
+DEMO_CKPT ?= mini
+demo: $(STAMP) ## serve the page with a t slider on http://127.0.0.1:7860 (the shipped mini-world model; DEMO_CKPT=… for another)
+	$(OFFLINE) $(CTSR) demo --ckpt $(DEMO_CKPT) --device cpu
 
 # Debian's Chromium for the browser test and the screenshot (Playwright's own browser builds cannot be downloaded
 # here); installed with apt-get when this runs as root, else it says what to run.
@@ -60,12 +66,9 @@ browser: ## install Debian's chromium (headless, for tests/test_demo.py and demo
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	else echo "no chromium: run 'sudo apt-get install chromium' (tests/test_demo.py skips the browser test without it)"; fi
 
-DEMO_IMAGE := $(RUNS)/demo/motorcycle_left_small.png
-demo-screenshot: $(STAMP) samples browser $(QUICKSTART_MODEL) ## docs/demo.png: the page after a slider move (quick-start model, headless Chromium)
-	mkdir -p $(dir $(DEMO_IMAGE))
-	$(BIN)/python -c "from PIL import Image; im = Image.open('data/samples/val/motorcycle_left.png'); \
-		im.resize((160, round(160 * im.height / im.width)), Image.LANCZOS).save('$(DEMO_IMAGE)')"
-	$(OFFLINE) $(CTSR) demo --ckpt $(QUICKSTART_MODEL) --device cpu --screenshot docs/demo.png --image $(DEMO_IMAGE) --t 0.7
+DEMO_IMAGE := data/mini/test/LR/kodim04.png
+demo-screenshot: $(STAMP) mini-data browser ## docs/demo.png: the page after a slider move (the mini-world model on a held-out photo, headless Chromium)
+	$(OFFLINE) $(CTSR) demo --ckpt $(DEMO_CKPT) --device cpu --screenshot docs/demo.png --image $(DEMO_IMAGE) --t 0.7
 
 toy: $(STAMP) ## mechanism lab: the paper's claims measured in a toy world on the CPU (results/toy/report.md)
 	$(BIN)/python -m ctsr.toy.lab --out results/toy

@@ -21,3 +21,7 @@ mini: $(STAMP) ## rebuild every mini-world artefact from nothing into runs/mini 
 
 mini-report: $(STAMP) $(REALESRGAN_PTH) $(MINI_TEST) ## results/mini (summary.json, report.md, figures) for the shipped model, or MODEL=…
 	$(OFFLINE) $(BIN)/python -m ctsr.mini.report $(if $(MODEL),--model $(MODEL)) --out $(RESULTS)/mini
+
+.PHONY: mini-lle
+mini-lle: $(STAMP) $(MINI_TEST) ## the mini world's low-light variant: stage 1 of task lle on darkened mini photos (CPU), runs/mini-lle-stage1
+	$(OFFLINE) $(CTSR) fit --config experiments/mini/lle_stage1.yaml

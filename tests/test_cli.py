@@ -65,12 +65,12 @@ def workdir(tmp_path, monkeypatch, sample_dir):
     return tmp_path
 
 
-def test_quickstart_trains_checkpoints_and_resumes(workdir):
-    cfg = str(ROOT / "experiments" / "quickstart.yaml")
+def test_a_tiny_run_trains_checkpoints_and_resumes(workdir):
+    cfg = str(ROOT / "experiments" / "tiny_stage1.yaml")
     (workdir / "fast4.yaml").write_text(FAST.format(steps=4))
     (workdir / "fast6.yaml").write_text(FAST.format(steps=6))
     assert main(["fit", "--config", cfg, "--config", "fast4.yaml"]) == 0
-    run = workdir / "runs" / "quickstart-stage1"
+    run = workdir / "runs" / "tiny" / "ctsr-stage1"
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "config.yaml").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -95,7 +95,7 @@ def test_quickstart_trains_checkpoints_and_resumes(workdir):
 def test_missing_weights_are_one_clear_line(workdir):
     """As a user sees it: a real `ctsr` process, exit status 2, one line naming the file, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "ctsr.cli", "fit", "--config", str(ROOT / "experiments" / "quickstart.yaml"),
+        [sys.executable, "-m", "ctsr.cli", "fit", "--config", str(ROOT / "experiments" / "tiny_stage1.yaml"),
          "--model.init_args.generator.init_args.osediff_lora", "weights/osediff.pkl"],
         capture_output=True, text=True, timeout=300,
     )

@@ -46,10 +46,19 @@ DEFAULT_T = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 def pad_multiple(pl_module: L.LightningModule) -> int:
     """LR sides are padded to a multiple of this (:func:`~ctsr.inference.tiling.lr_multiple`, as ``ctsr upscale``);
     8 for a module without a diffusers UNet."""
-    model = getattr(pl_module, "model", None)
-    gen = getattr(model, "generator", None) or getattr(pl_module, "generator", None)
+    gen = _generator(pl_module)
     unet = getattr(gen, "unet", None)
-    return lr_multiple(unet) if unet is not None and hasattr(unet, "config") else 8
+    return lr_multiple(unet, output_scale(pl_module)) if unet is not None and hasattr(unet, "config") else 8
+
+
+def _generator(pl_module: L.LightningModule):
+    model = getattr(pl_module, "model", None)
+    return getattr(model, "generator", None) or getattr(pl_module, "generator", None)
+
+
+def output_scale(pl_module: L.LightningModule) -> int:
+    """The model's upscaling factor: 4 (×4 SR), 1 (same-size tasks such as low-light enhancement)."""
+    return int(getattr(_generator(pl_module), "scale", 4))
 
 
 def controllable(pl_module: L.LightningModule) -> bool:
@@ -59,10 +68,12 @@ def controllable(pl_module: L.LightningModule) -> bool:
 
 def sweep_images(pl_module: L.LightningModule, x_lr: Tensor, ts: Sequence[float],
                  color: ColorFix = "none") -> dict[float, Tensor]:
-    """{t: SR (B,3,4h,4w) in [0,1], float32}: z0 once, every t decoded from it (``ControllableSR.sweep``); a model
+    """{t: SR (B,3,s·h,s·w) in [0,1], float32; s the model's scale}: z0 once, every t decoded from it
+    (``ControllableSR.sweep``); a model
     without control gives {0: SR}. Any h, w: the LR is padded to :func:`pad_multiple` and the SR cropped back.
     ``color``: the colour correction against the bicubic-upscaled LR (:mod:`ctsr.inference.color`)."""
     h, w = x_lr.shape[-2:]
+    s = output_scale(pl_module)
     x = pad_to_multiple(x_lr, pad_multiple(pl_module))
     with torch.no_grad():
         if controllable(pl_module):
@@ -71,8 +82,8 @@ def sweep_images(pl_module: L.LightningModule, x_lr: Tensor, ts: Sequence[float]
             outs = {0.0: pl_module(x)}
         reference = None
         if color != "none":
-            reference = F.interpolate(x_lr.float(), scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-        return {t: color_fix(o[..., : 4 * h, : 4 * w].float(), reference, color) for t, o in outs.items()}
+            reference = F.interpolate(x_lr.float(), scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1)
+        return {t: color_fix(o[..., : s * h, : s * w].float(), reference, color) for t, o in outs.items()}
 
 
 # -- figures and loggers -------------------------------------------------------------------------------------------

@@ -21,7 +21,11 @@ from ctsr.data.datasets import (
     HRTrainDataset,
     HRValDataset,
     PairedDataset,
+    PairedTrainDataset,
+    PairListDataset,
     collect_files,
+    match_pairs,
+    read_pair_list,
 )
 from ctsr.data.degradations import RealESRGANDegradation, usm_sharp
 from ctsr.data.images import list_images
@@ -47,20 +51,30 @@ class BicubicDegradation(nn.Module):
         return (lr.clamp(0, 1) * 255).round() / 255
 
 
+TASK_SCALE = {"sr": 4, "lle": 1}
+
+
 class SRDataModule(L.LightningDataModule):
-    """HR folders → (LR, HR) batches.
+    """HR folders → (LR, HR) batches (``task: sr``, ×4), or low-/normal-light pairs (``task: lle``, same size).
 
     Args:
+        task: ``sr`` (×4 super-resolution, the paper) or ``lle`` (low-light enhancement, Table 9: input and target
+            of the same size; paired training data, e.g. LOL-v2-synthetic's Low/Normal folders, or normal-light
+            folders darkened on the device, :class:`~ctsr.data.lowlight.SyntheticDarkening`).
+        train_pairs: paired training folders ``[[lr_dir, hr_dir], …]`` (matched by name; no synthetic degradation).
+        train_pair_meta / test_pair_meta: pair lists (``LR_PATH HR_PATH`` per line, relative to the list;
+            ``data/lolv2_meta.py`` writes LOL-v2's).
         train_dirs: folders of HR images (searched recursively), merged.
         train_meta: meta-info list files (one path per line, relative to the list), merged with ``train_dirs``.
-        val_dirs: HR-only folders for validation (degraded with a fixed seed per image).
+        val_dirs: HR-only folders for validation (degraded — or darkened — with a fixed seed per image).
         val_pairs: paired folders ``[[lr_dir, hr_dir], …]`` for validation (real LR, no degradation).
         test_dirs / test_pairs: the same for ``ctsr test``.
-        crop_size: HR training crop (the LR is crop_size/4); must be a multiple of 32.
+        crop_size: HR training crop (the LR is crop_size/4, or the same size for ``lle``); a multiple of 32.
         val_crop_size: HR centre crop of validation/test images (None: whole images, use batch 1).
         small_images: training images smaller than the crop are ``pad``-ded (reflect) or ``skip``-ped.
         flip / rotate: training augmentation.
-        degradation: the LR model run on the device; None = the Real-ESRGAN second-order model (DESIGN §7).
+        degradation: the LR model run on the device; None = the Real-ESRGAN second-order model (DESIGN §7), or
+            :class:`~ctsr.data.lowlight.SyntheticDarkening` for ``lle`` (used only where there are no pairs).
         pool_size: Real-ESRGAN's sample pool ("queue"): training pairs are swapped with random pairs of a pool of
             this many, so a batch mixes degradations of earlier batches (0: off; a multiple of batch_size).
         batch_size / val_batch_size / num_workers: loader settings.
@@ -88,8 +102,20 @@ class SRDataModule(L.LightningDataModule):
         val_batch_size: int = 1,
         num_workers: int = 4,
         seed: int = 0,
+        task: Literal["sr", "lle"] = "sr",
+        train_pairs: list[list[str]] | None = None,
+        train_pair_meta: list[str] | None = None,
+        test_pair_meta: list[str] | None = None,
     ) -> None:
         super().__init__()
+        check(task in TASK_SCALE, "data.task", f"must be sr or lle, got {task!r}")
+        check(not ((train_pairs or train_pair_meta) and (train_dirs or train_meta)), "data.train_pairs",
+              "paired training data and HR-only folders/lists cannot be mixed in one run")
+        for pair in train_pairs or []:
+            check(len(pair) == 2, "data.train_pairs", f"each entry is [lr_dir, hr_dir], got {pair}")
+        self.task, self.scale = task, TASK_SCALE[task]
+        self.train_pairs = [list(p) for p in (train_pairs or [])]
+        self.train_pair_meta, self.test_pair_meta = list(train_pair_meta or []), list(test_pair_meta or [])
         check(crop_size > 0 and crop_size % 32 == 0, "data.crop_size", f"must be a positive multiple of 32, got {crop_size}")
         check(val_crop_size is None or (val_crop_size > 0 and val_crop_size % 32 == 0), "data.val_crop_size",
               f"must be a positive multiple of 32 or null, got {val_crop_size}")
@@ -107,7 +133,11 @@ class SRDataModule(L.LightningDataModule):
         self.small_images, self.flip, self.rotate = small_images, flip, rotate
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.seed = seed
-        self.degradation = degradation if degradation is not None else RealESRGANDegradation()
+        if degradation is None:
+            from ctsr.data.lowlight import SyntheticDarkening
+
+            degradation = RealESRGANDegradation() if task == "sr" else SyntheticDarkening()
+        self.degradation = degradation
         self.pool_size = pool_size
         self._pool: dict[str, Tensor] | None = None
         self.skipped: dict[str, str] = {}  # path → reason, for every training file passed over
@@ -124,13 +154,33 @@ class SRDataModule(L.LightningDataModule):
             if not Path(d).is_dir() or not list_images(d):
                 raise DataError(f"data.{flag}_dirs: folder '{d}' is missing or holds no images")
             sets.append(HRValDataset(list_images(d), self.val_crop_size))
-        sets += [PairedDataset(lr, hr, self.val_crop_size) for lr, hr in pairs]
+        sets += [PairedDataset(lr, hr, self.val_crop_size, self.scale) for lr, hr in pairs]
+        if flag == "test" and self.test_pair_meta:
+            sets.append(PairListDataset([p for m in self.test_pair_meta for p in read_pair_list(m)],
+                                        self.val_crop_size, self.scale))
         return ConcatDataset(sets) if sets else None
 
+    def _check_scale(self) -> None:
+        """The model must upscale by the task's factor (×4 for sr, 1 for lle); said before any image is read."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        gen = getattr(getattr(module, "model", None), "generator", None) or getattr(module, "generator", None)
+        scale = getattr(gen, "scale", None)
+        check(scale is None or scale == self.scale, "data.task",
+              f"'{self.task}' pairs inputs and targets at ×{self.scale}, but the model's generator upscales ×{scale} "
+              f"(set model.init_args.generator.init_args.scale: {self.scale})")
+
     def setup(self, stage: str) -> None:
+        self._check_scale()
         if stage == "fit" and self.train_set is None:
-            files = collect_files(self.train_dirs, self.train_meta, "data.train_dirs/train_meta")
-            self.train_set = HRTrainDataset(files, self.crop_size, self.flip, self.rotate, self.small_images, self.seed)
+            if self.train_pairs or self.train_pair_meta:
+                pairs = [p for lr, hr in self.train_pairs for p in match_pairs(lr, hr)[0]]
+                pairs += [p for m in self.train_pair_meta for p in read_pair_list(m)]
+                self.train_set = PairedTrainDataset(pairs, self.crop_size, self.scale, self.flip, self.rotate,
+                                                    self.seed)
+            else:
+                files = collect_files(self.train_dirs, self.train_meta, "data.train_dirs/train_meta")
+                self.train_set = HRTrainDataset(files, self.crop_size, self.flip, self.rotate, self.small_images,
+                                                self.seed)
         if stage in ("fit", "validate") and self.val_set is None:
             self.val_set = self._eval_set(self.val_dirs, self.val_pairs, "val")
             if stage == "validate" and self.val_set is None:
@@ -138,7 +188,7 @@ class SRDataModule(L.LightningDataModule):
         if stage in ("test", "predict") and self.test_set is None:
             self.test_set = self._eval_set(self.test_dirs, self.test_pairs, "test")
             if self.test_set is None:
-                raise DataError(f"{stage}: no test data (set data.test_dirs or data.test_pairs)")
+                raise DataError(f"{stage}: no test data (set data.test_dirs, data.test_pairs or data.test_pair_meta)")
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         return (ResumableLoader if sampler is not None else DataLoader)(

@@ -225,35 +225,110 @@ def pair_key(path: Path) -> str:
     return _PAIR_SUFFIX.sub("", path.stem).lower()
 
 
-class PairedDataset(Dataset):
-    """Real LR–HR pairs (RealSR, DRealSR, StableSR test sets): matched by file stem, LR must be exactly ×4 smaller."""
+def match_pairs(lr_dir: str, hr_dir: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(LR, HR) files of two folders matched by :func:`pair_key` (searched recursively), and the unmatched keys."""
+    lr_files = {pair_key(p): p for p in list_images(lr_dir)} if Path(lr_dir).is_dir() else {}
+    hr_files = {pair_key(p): p for p in list_images(hr_dir)} if Path(hr_dir).is_dir() else {}
+    for d, found in ((lr_dir, lr_files), (hr_dir, hr_files)):
+        if not found:
+            raise DataError(f"paired set: folder '{d}' is missing or holds no images")
+    keys = sorted(set(lr_files) & set(hr_files))
+    if not keys:
+        raise DataError(f"paired set: no file names of '{lr_dir}' match those of '{hr_dir}'")
+    return [(lr_files[k], hr_files[k]) for k in keys], sorted(set(lr_files) ^ set(hr_files))
 
-    def __init__(self, lr_dir: str, hr_dir: str, crop_size: int | None = None) -> None:
-        lr_files = {pair_key(p): p for p in list_images(lr_dir)} if Path(lr_dir).is_dir() else {}
-        hr_files = {pair_key(p): p for p in list_images(hr_dir)} if Path(hr_dir).is_dir() else {}
-        for d, found in ((lr_dir, lr_files), (hr_dir, hr_files)):
-            if not found:
-                raise DataError(f"paired set: folder '{d}' is missing or holds no images")
-        keys = sorted(set(lr_files) & set(hr_files))
-        if not keys:
-            raise DataError(f"paired set: no file names of '{lr_dir}' match those of '{hr_dir}'")
-        self.pairs = [(lr_files[k], hr_files[k]) for k in keys]
-        self.unmatched = sorted(set(lr_files) ^ set(hr_files))
+
+def read_pair(lr_path: Path, hr_path: Path, scale: int, what: str) -> tuple[Tensor, Tensor]:
+    try:
+        lr, hr = read_image(lr_path), read_image(hr_path)
+    except UnreadableImage as err:
+        raise DataError(f"{what} image unreadable: {err}") from None
+    if (hr.shape[1], hr.shape[2]) != (lr.shape[1] * scale, lr.shape[2] * scale):
+        size = f"×{scale} smaller than" if scale > 1 else "the size of"
+        raise DataError(f"'{lr_path}' {tuple(lr.shape[1:])} is not {size} '{hr_path}' {tuple(hr.shape[1:])}")
+    return lr, hr
+
+
+class PairedDataset(Dataset):
+    """Real LR–HR pairs (RealSR, DRealSR, StableSR test sets; LOL-v2's Low/Normal with ``scale=1``): matched by
+    file stem, the LR exactly ``scale`` times smaller (×4 by default)."""
+
+    def __init__(self, lr_dir: str, hr_dir: str, crop_size: int | None = None, scale: int = 4) -> None:
+        self.pairs, self.unmatched = match_pairs(lr_dir, hr_dir)
         self.crop_size = crop_size
+        self.scale = scale
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
         lr_path, hr_path = self.pairs[index]
-        try:
-            lr, hr = read_image(lr_path), read_image(hr_path)
-        except UnreadableImage as err:
-            raise DataError(f"test image unreadable: {err}") from None
-        if (hr.shape[1], hr.shape[2]) != (lr.shape[1] * 4, lr.shape[2] * 4):
-            raise DataError(f"'{lr_path}' {tuple(lr.shape[1:])} is not ×4 smaller than '{hr_path}' {tuple(hr.shape[1:])}")
+        s = self.scale
+        lr, hr = read_pair(lr_path, hr_path, s, "test")
         # No rounding to a multiple of 8: the evaluation pads the LR to the model's alignment and crops the SR back.
-        top, left, th, tw = center_box(lr.shape[1], lr.shape[2], None if self.crop_size is None else self.crop_size // 4, 1)
+        size = None if self.crop_size is None else self.crop_size // s
+        top, left, th, tw = center_box(lr.shape[1], lr.shape[2], size, 1)
         lr = lr[:, top : top + th, left : left + tw]
-        hr = hr[:, 4 * top : 4 * (top + th), 4 * left : 4 * (left + tw)]  # the same region, ×4
+        hr = hr[:, s * top : s * (top + th), s * left : s * (left + tw)]  # the same region, ×s
         return {"lr": lr, "hr": hr, "seed": path_seed(hr_path), "path": str(hr_path)}
+
+
+def read_pair_list(meta: str | Path) -> list[tuple[Path, Path]]:
+    """A pair list: one ``LR_PATH HR_PATH`` per line (space- or tab-separated, relative to the list's folder;
+    ``#`` comments), e.g. LOL-v2-synthetic's ``Low/x.png Normal/x.png`` (``data/lolv2_meta.py`` writes them)."""
+    meta = Path(meta)
+    if not meta.is_file():
+        raise DataError(f"pair list '{meta}' not found")
+    pairs = []
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) != 2:
+            raise DataError(f"pair list '{meta}', line {n}: expected 'LR_PATH HR_PATH', got {line!r}")
+        pairs.append((meta.parent / parts[0].strip(), meta.parent / parts[1].strip()))
+    if not pairs:
+        raise DataError(f"pair list '{meta}' holds no pairs")
+    return pairs
+
+
+class PairListDataset(PairedDataset):
+    """Evaluation pairs from pair lists (:func:`read_pair_list`), whole images or a centre crop, as
+    :class:`PairedDataset`."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], crop_size: int | None = None, scale: int = 4) -> None:
+        self.pairs, self.unmatched, self.crop_size, self.scale = list(pairs), [], crop_size, scale
+
+
+class PairedTrainDataset(Dataset):
+    """Random aligned crops of (LR, HR) training pairs with the same random flips (and 90° rotations if asked):
+    paired training data such as LOL-v2's Low/Normal (``scale=1``, no synthetic degradation). ``crop_size`` is the
+    HR crop; the draws are a function of (seed, epoch, index), as :class:`HRTrainDataset`."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], crop_size: int = 256, scale: int = 1, flip: bool = True,
+                 rotate: bool = False, seed: int = 0) -> None:
+        if crop_size % scale:
+            raise DataError(f"paired training: crop_size {crop_size} is not a multiple of the scale {scale}")
+        self.pairs, self.crop_size, self.scale = list(pairs), crop_size, scale
+        self.flip, self.rotate, self.seed = flip, rotate, seed
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, (tuple, list)) else (0, key)
+        rng = random.Random(mix_seed("pair", self.seed, int(epoch), int(index)))
+        lr_path, hr_path = self.pairs[int(index)]
+        s, c = self.scale, self.crop_size // self.scale
+        lr, hr = read_pair(lr_path, hr_path, s, "training")
+        if min(lr.shape[-2:]) < c:
+            lr, hr = fit_to_crop(lr, c), fit_to_crop(hr, c * s)
+        top, left = rng.randint(0, lr.shape[1] - c), rng.randint(0, lr.shape[2] - c)
+        lr = lr[:, top : top + c, left : left + c]
+        hr = hr[:, s * top : s * (top + c), s * left : s * (left + c)]
+        if self.flip and rng.random() < 0.5:
+            lr, hr = lr.flip(-1), hr.flip(-1)
+        if self.rotate and rng.random() < 0.5:
+            lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
+        return {"lr": lr.contiguous(), "hr": hr.contiguous(), "path": str(hr_path), "skipped": ""}

@@ -33,8 +33,11 @@ EXPERIMENTS_DIR = "experiments"
 ABLATIONS = f"{EXPERIMENTS_DIR}/ablations"
 BASES = {"stage1": f"{EXPERIMENTS_DIR}/stage1.yaml", "stage2": f"{EXPERIMENTS_DIR}/stage2.yaml"}
 TINY = {"stage1": f"{EXPERIMENTS_DIR}/tiny_stage1.yaml", "stage2": f"{EXPERIMENTS_DIR}/tiny_stage2.yaml"}
+# the mini world (README "Mini world"): the shipped mini model fine-tuned per variant, measured on held-out photos
+MINI = {"stage1": f"{EXPERIMENTS_DIR}/mini/ablation_stage1.yaml"}
+OVERLAYS = {"tiny": TINY, "mini": MINI}
 DONE = "done"
-SIZES = ("paper", "tiny")
+SIZES = ("paper", "tiny", "mini")
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class Run:
 
 
 def save_dir(experiment: str, size: str, runs_dir: str | Path = "runs") -> Path:
-    return Path(runs_dir) / "tiny" / experiment if size == "tiny" else Path(runs_dir) / experiment
+    return Path(runs_dir) / experiment if size == "paper" else Path(runs_dir) / size / experiment
 
 
 def run_state(folder: Path) -> str:
@@ -205,6 +208,9 @@ def plan(experiment: str, size: str = "paper", runs_dir: str | Path = "runs", st
     exp = EXPERIMENTS[experiment]
     if size not in SIZES:
         raise ValueError(f"--size must be one of {SIZES}, got {size!r}")
+    if size in OVERLAYS and exp.base not in OVERLAYS[size]:
+        raise ValueError(f"{experiment} has no {size} version (its base is {exp.base}; {size}: "
+                         f"{', '.join(OVERLAYS[size])} only)")
     root = save_dir(experiment, size, runs_dir)
     runs: list[Run] = []
     extra: list[str] = []
@@ -222,7 +228,8 @@ def plan(experiment: str, size: str = "paper", runs_dir: str | Path = "runs", st
             by_run[v.run_name].variants.append(v)
             continue
         folder = root / v.run_name
-        configs = [BASES[exp.base]] + ([TINY[exp.base]] if size == "tiny" else []) + list(v.files(size))
+        overlay = [OVERLAYS[size][exp.base]] if size in OVERLAYS else []
+        configs = [BASES[exp.base]] + overlay + list(v.files(size))
         state = run_state(folder)
         run = Run(v.run_name, folder, fit_argv(configs, folder, state, extra), state, [v])
         by_run[v.run_name] = run
@@ -322,7 +329,7 @@ def collect(experiment: str, size: str = "paper", runs_dir: str | Path = "runs",
             rows.append(cells)
     out = Path(results)
     out.mkdir(parents=True, exist_ok=True)
-    stem = experiment + ("-tiny" if size == "tiny" else "")
+    stem = experiment + ("" if size == "paper" else f"-{size}")
     keys = ["factor", "value"] + (["t"] if exp.per_t else []) + names + ["run"]
     with open(out / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -330,7 +337,9 @@ def collect(experiment: str, size: str = "paper", runs_dir: str | Path = "runs",
         writer.writerows(rows)
     protocol = _protocol(root, exp)
     head = ["factor", "value"] + (["t"] if exp.per_t else []) + [column_name(m) for m in names] + ["run"]
-    lines = [f"# {exp.title}" + (" — tiny models (numbers mean nothing about SR)" if size == "tiny" else ""), "",
+    suffix = {"tiny": " — tiny models (numbers mean nothing about SR)",
+              "mini": " — mini world (the shipped mini model fine-tuned per variant; held-out photos)"}.get(size, "")
+    lines = [f"# {exp.title}" + suffix, "",
              f"Runs: `{root}/<run>` (TensorBoard: `tensorboard --logdir {root}`).", ""]
     if protocol:
         lines += [f"Protocol: {protocol}", ""]
@@ -420,7 +429,8 @@ def main(argv: list[str] | None = None, launch: Callable[[Sequence[str]], int] =
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS) + ["sweep-t"])
     parser.add_argument("--size", choices=SIZES, default="paper",
-                        help="paper: experiments/stage*.yaml as they are (real weights); tiny: + tiny_stage*.yaml")
+                        help="paper: experiments/stage*.yaml as they are (real weights); tiny: + tiny_stage*.yaml; mini "
+                             "(stage-1 ablations): + experiments/mini/ablation_stage1.yaml")
     parser.add_argument("--dry-run", action="store_true", help="print the commands (and what is done) and stop")
     parser.add_argument("--collect-only", action="store_true", help="write the table from the runs done so far")
     parser.add_argument("--runs-dir", default="runs")

@@ -1,6 +1,7 @@
 """``ctsr demo``: a local web page (gradio) with the control value t as a slider.
 
-    ctsr demo --ckpt runs/quickstart-stage2/ctsr.safetensors      # then open http://127.0.0.1:7860
+    ctsr demo                                                      # the shipped mini-world model, http://127.0.0.1:7860
+    ctsr demo --ckpt runs/quickstart-stage2/ctsr.safetensors
     ctsr demo --ckpt owner/name --port 8000                        # a model from the Hugging Face Hub
 
 Upload an image: the page shows the LR, and the ×4 result at the slider's t beside the bicubic ×4 upscale of the
@@ -37,7 +38,8 @@ DEFAULT_MAX_PIXELS = 1024 * 1024  # LR pixels (w × h): a 1024² input becomes a
 T_STEP = 0.05
 # options of `ctsr upscale` that build its Upscaler and load the model: copied, defaults and help included
 UPSCALE_OPTIONS = ("device", "precision", "batch_size", "tile", "tile_overlap", "vae_tile", "vae_overlap",
-                   "shared_norms", "color", "compile", "control_steps", "pretrained", "osediff_lora")
+                   "shared_norms", "color", "compile", "control_steps", "pretrained", "osediff_lora", "prompting",
+                   "ram_weights", "dape_weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local web page with a t slider (0 = realness end, 1 = fidelity end): upload an image, see "
         "the LR and the ×4 result beside the bicubic upscale; moving the slider only decodes (z0 and the velocity "
         "are computed once per upload). Tiling, colour correction and their defaults are those of `ctsr upscale`.")
-    p.add_argument("--ckpt", required=True,
-                   help="model: an exported .safetensors, a stage-2 .ckpt, a CTSR folder, or a Hugging Face Hub id "
-                   "owner/name[@revision]")
+    p.add_argument("--ckpt", default="mini",
+                   help="model: an exported .safetensors, a stage-2 .ckpt, a CTSR folder, a Hugging Face Hub id "
+                   "owner/name[@revision], or mini (default: the mini-world model shipped with ctsr)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -130,7 +132,8 @@ class Demo:
                 state = self.upscaler.prepare(x[None])
                 bicubic = state.reference
                 if bicubic is None:  # --color none: the comparison still needs the bicubic upscale
-                    bicubic = F.interpolate(x[None], scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+                    bicubic = F.interpolate(x[None], scale_factor=self.upscaler.scale, mode="bicubic",
+                                            align_corners=False).clamp(0, 1)
         except RuntimeError as err:
             return None, None, None, f"⚠ **{name} could not be upscaled**: {describe(err)}"
         lr, bic = folder / "lr.png", folder / f"{Path(name).stem}_bicubic.png"
@@ -152,6 +155,12 @@ class Demo:
         return out, seconds
 
 
+def prompt_line(upload: Upload) -> str:
+    """The DAPE prompt the upload was upscaled with (empty for a fixed prompt), for the status line."""
+    prompts = upload.state.prompts
+    return f" Prompt (DAPE tags): `{prompts[0]}`" if prompts else ""
+
+
 def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, note: str = ""):
     import gradio as gr
 
@@ -163,9 +172,10 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, not
             return None, None, None, gr.update(value=None, visible=False), message
         sr, seconds = demo.render(upload, t)
         h, w = upload.state.size
-        status = (f"{upload.name}: {w}×{h} → {4 * w}×{4 * h}. Prepared once in {upload.prepare_s:.2f} s "
+        s = demo.upscaler.scale
+        status = (f"{upload.name}: {w}×{h} → {s * w}×{s * h}. Prepared once in {upload.prepare_s:.2f} s "
                   f"(z0{' and the velocity' if upload.state.velocity is not None else ''}); t = {float(t):g} "
-                  f"rendered in {seconds:.2f} s.")
+                  f"rendered in {seconds:.2f} s." + prompt_line(upload))
         return (upload, str(lr), gr.update(value=(str(bic), str(sr)), label=_compare_label(t)),
                 gr.update(value=str(sr), label=f"Download {sr.name}", visible=True), status)
 
@@ -174,8 +184,10 @@ def build_page(demo: Demo, initial_t: float, controllable: bool, title: str, not
             return gr.skip(), gr.skip(), gr.skip()
         sr, seconds = demo.render(upload, t)
         h, w = upload.state.size
-        status = (f"{upload.name}: {w}×{h} → {4 * w}×{4 * h}. t = {float(t):g} rendered in {seconds:.2f} s "
-                  f"(a decode: z0{' and the velocity' if upload.state.velocity is not None else ''} reused).")
+        s = demo.upscaler.scale
+        status = (f"{upload.name}: {w}×{h} → {s * w}×{s * h}. t = {float(t):g} rendered in {seconds:.2f} s "
+                  f"(a decode: z0{' and the velocity' if upload.state.velocity is not None else ''} reused)."
+                  + prompt_line(upload))
         return (gr.update(value=(str(upload.bicubic), str(sr)), label=_compare_label(t)),
                 gr.update(value=str(sr), label=f"Download {sr.name}", visible=True), status)
 
@@ -276,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
     if args.control_steps is not None:
         model.control_steps = args.control_steps
+    from ctsr.models.prompting import configure_prompts
+
+    configure_prompts(model.generator, args.prompting, args.ram_weights, args.dape_weights)
     controllable = getattr(model, "supports_control", True)
     default_t = model.selected_t if getattr(model, "selected_t", None) is not None else 0.5
     initial_t = default_t if args.initial_t is None or args.screenshot is not None else args.initial_t
@@ -290,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         demo = Demo(upscaler, args.max_pixels, Path(tmp))
         ckpt = Path(str(args.ckpt))
         name = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.is_file() and ckpt.parent.name else str(args.ckpt)
-        tiny = model.generator.config.get("pretrained") == "tiny"
-        note = ("A tiny random-init model (the quick start's smoke test): the page works as with a real model, the "
-                "pictures are not meant to look good." if tiny else "")
+        base = model.generator.config.get("pretrained")
+        note = {"tiny": "A tiny random-init model (a smoke test): the page works as with a real model, the pictures "
+                        "are not meant to look good.",
+                "mini": "The mini-world model: a 1.4 M-parameter student of SD's classes, trained on a CPU on 19 "
+                        "photos with Real-ESRGAN x4plus as its realness teacher (README, \"Mini world\"). Real "
+                        "use wants a model trained on SD 2.1-base."}.get(base, "")
         page = build_page(demo, initial_t, controllable, f"CTSR ×4 — {name}", note)
         host = "127.0.0.1" if args.screenshot is not None else args.host
         port = free_port() if args.screenshot is not None else args.port

@@ -347,15 +347,15 @@ def unet_alignment(unet) -> int:
     return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
-def lr_multiple(unet) -> int:
-    """LR sides are padded to a multiple of this: latent sides (LR/2) a multiple of the UNet's downsampling, and
-    at least 8."""
-    return max(8, 2 * unet_alignment(unet))
+def lr_multiple(unet, scale: int = 4) -> int:
+    """LR sides are padded to a multiple of this: latent sides (LR·scale/8: LR/2 at ×4) a multiple of the UNet's
+    downsampling, and at least 8."""
+    return max(8, 8 * unet_alignment(unet) // scale)
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Pad (B, C, h, w) at the bottom and right to sides that are multiples of ``multiple`` (reflect; replicate
-    where the image is too small to reflect). Crop the ×4 output back to (4h, 4w)."""
+    where the image is too small to reflect). Crop the ×s output back to (s·h, s·w)."""
     h, w = x.shape[-2:]
     pad = (0, (-w) % multiple, 0, (-h) % multiple)
     if not any(pad):
@@ -414,7 +414,8 @@ class Tiling:
     def eps(self, generator, unet: nn.Module, z_t: Tensor, tau, context: Tensor | None = None) -> Tensor:
         """``generator.unet_eps(unet, …)`` over latent tiles, blended: ε (B, 4, h, w)."""
         tau = torch.as_tensor(tau, device=z_t.device, dtype=torch.float32).reshape(-1).expand(z_t.shape[0])
-        per_sample = context is not None and context.shape[0] > 1
+        context = generator.context if context is None else context  # per-image prompts: one context per sample
+        per_sample = context.shape[0] > 1
 
         def one(z: Tensor, i: Tensor) -> Tensor:
             return generator.unet_eps(unet, z, tau[i], context[i] if per_sample else context)

@@ -139,6 +139,7 @@ class Upscaler:
         self.dtype = resolve_precision(precision, self.device)
         self.color, self.batch_size = color, batch_size
         self.model = model
+        self.last_prompts: list[str] | None = None
         self.tiling = Tiling.for_generator(model.generator, tile=tile, overlap=tile_overlap, vae_tile=vae_tile,
                                            vae_overlap=vae_overlap, max_cells=batch_size * REFERENCE_CELLS,
                                            shared_norms=shared_norms)  # validated before any work
@@ -157,7 +158,12 @@ class Upscaler:
     def pad_multiple(self) -> int:
         """LR sides are padded to a multiple of this: latent sides (LR/2) a multiple of the UNet's downsampling,
         and at least 8."""
-        return lr_multiple(self.model.generator.unet)
+        return lr_multiple(self.model.generator.unet, self.scale)
+
+    @property
+    def scale(self) -> int:
+        """The model's upscaling factor (4; 1 for same-size tasks such as low-light enhancement)."""
+        return int(getattr(self.model.generator, "scale", 4))
 
     @torch.no_grad()
     def prepare(self, x_lr: Tensor, with_velocity: bool = True) -> "UpscaleState":
@@ -167,24 +173,37 @@ class Upscaler:
         x = x_lr.to(self.device, torch.float32)
         h, w = x.shape[-2:]
         x_pad = pad_to_multiple(x, self.pad_multiple)
-        velocity = None
-        z0 = self.model.z0(x_pad.to(self.dtype))                             # z0 = G_TS(x_LR), DESIGN §6
-        if with_velocity and self.student_unet is not None and getattr(self.model, "constant_velocity", False):
-            velocity = self.model.control_velocity(z0)                       # v: one pass for every t
+        gen, velocity = self.model.generator, None
+        prompter, prompts, context = getattr(gen, "prompter", None), None, None
+        if prompter is not None:  # per-image prompts (DAPE) from the unpadded LR, as OSEDiff tags the image itself
+            prompts = prompter.pin(gen, x, "lr")
+            context = gen.context
+        try:
+            z0 = self.model.z0(x_pad.to(self.dtype))                         # z0 = G_TS(x_LR), DESIGN §6
+            if with_velocity and self.student_unet is not None and getattr(self.model, "constant_velocity", False):
+                velocity = self.model.control_velocity(z0)                   # v: one pass for every t
+        finally:
+            if prompter is not None:
+                prompter.unpin(gen)
         reference = None
         if self.color != "none":
-            reference = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-        return UpscaleState(z0=z0, velocity=velocity, reference=reference, size=(h, w))
+            reference = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        return UpscaleState(z0=z0, velocity=velocity, reference=reference, size=(h, w), prompts=prompts,
+                            context=context)
 
     @torch.no_grad()
     def render(self, state: "UpscaleState", t: float) -> Tensor:
         """SR (B, 3, 4h, 4w) in [0, 1] (float32, on the device) at one t from a :meth:`prepare` state: a decode
         (plus the colour fix) when the velocity is known, else the control pass(es) and a decode."""
         t = check_t_values(self.model, [t])[0]
+        gen = self.model.generator
+        if state.context is not None:
+            gen.use_context(state.context)  # this batch's per-image prompts (another batch may have come between)
         z = self.model.controlled_latent(state.z0, t, state.velocity)       # z(t), DESIGN §6
-        out = (self.model.generator.decode(z) + 1) / 2
+        out = (gen.decode(z) + 1) / 2
         h, w = state.size
-        return color_fix(out[..., : 4 * h, : 4 * w], state.reference, self.color)
+        s = self.scale
+        return color_fix(out[..., : s * h, : s * w], state.reference, self.color)
 
     @torch.no_grad()
     def __call__(self, x_lr: Tensor, ts: Sequence[float]) -> list[Tensor]:
@@ -192,18 +211,22 @@ class Upscaler:
         per t in ``ts``; z0 (and the velocity, when it does not depend on t) computed once for all t."""
         ts = check_t_values(self.model, ts)
         state = self.prepare(x_lr, with_velocity=any(t > 0 for t in ts))  # t = 0 alone: the stage-1 pass only
+        self.last_prompts = state.prompts  # the per-image prompts of this call (DAPE), None for a fixed prompt
         return [self.render(state, t) for t in ts]
 
 
 @dataclass
 class UpscaleState:
     """What :meth:`Upscaler.prepare` computed for one batch: z0, the velocity (None when it depends on t), the
-    colour reference (bicubic ×4 of the input, None without colour correction) and the unpadded LR size."""
+    colour reference (bicubic ×4 of the input, None without colour correction), the unpadded LR size, and the
+    per-image prompts with their embeddings when the model is prompted with DAPE tags."""
 
     z0: Tensor
     velocity: Tensor | None
     reference: Tensor | None
     size: tuple[int, int]
+    prompts: list[str] | None = None  # per-image prompts (``prompting: dape``), None for the fixed prompt
+    context: Tensor | None = None     # their embeddings (B, 77, D)
 
 
 # -- the command line ----------------------------------------------------------------------------------------------
@@ -340,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=Path, help="an image file, or a folder (searched recursively)")
     p.add_argument("output", type=Path, help="output file (for one input file) or folder; never inside INPUT")
-    p.add_argument("--ckpt", required=True, help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, "
-                   "a run folder (its newest checkpoint), a CTSR folder, or a Hugging Face Hub id "
-                   "owner/name[@revision]")
+    p.add_argument("--ckpt", default="mini", help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, "
+                   "a run folder (its newest checkpoint), a CTSR folder, a Hugging Face Hub id owner/name[@revision], "
+                   "or mini (default: the mini-world model shipped with ctsr)")
     p.add_argument("--t", type=float, nargs="+", default=[0.0], metavar="T",
                    help="control value(s) in [0, 1], default 0; several write <name>_t<T>.<ext> each")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
@@ -370,7 +393,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="K of the K-step control integration (default: the value stored in the model)")
     p.add_argument("--pretrained", default=None, help="override the SD 2.1-base location stored in the model file")
     p.add_argument("--osediff-lora", default=None, help="override the OSEDiff LoRA file stored in the model file")
+    p.add_argument("--prompting", default="model", choices=["model", "fixed", "dape"],
+                   help="the prompt c: model (default: as the model file records; fixed when it records none), fixed "
+                   "(the model's prompt for every image) or dape (per-image DAPE tags, as OSEDiff; the prompt is "
+                   "written beside the outputs as <name>.txt)")
+    p.add_argument("--ram-weights", default=None,
+                   help="with DAPE prompts: RAM's ram_swin_large_14m.pth (default: as recorded, weights/…)")
+    p.add_argument("--dape-weights", default=None,
+                   help="with DAPE prompts: DAPE.pth (default: as recorded, weights/DAPE.pth); '' for plain RAM")
     return p
+
+
+def prompt_file(job: Job, several: bool) -> Path:
+    """Where the prompt of ``job``'s image is written: beside its output(s), ``<output stem>.txt`` (without the
+    ``_t<T>`` suffix when several t are written; OSEDiff writes ``txt/<name>.txt``)."""
+    t, path = next(iter(job.outputs.items()))
+    stem = path.stem[: -len(t_suffix(t))] if several and path.stem.endswith(t_suffix(t)) else path.stem
+    return path.with_name(stem + ".txt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     check_t_values(model, ts)
     if args.control_steps is not None:
         model.control_steps = args.control_steps
+    from ctsr.models.prompting import configure_prompts
+
+    configure_prompts(model.generator, args.prompting, args.ram_weights, args.dape_weights)
     upscaler = Upscaler(model, str(device), args.precision, args.tile, args.tile_overlap, args.vae_tile,
                         args.vae_overlap, args.color, args.batch_size, args.compile,
                         shared_norms=args.shared_norms)
@@ -435,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ts_group = [t for t in ts if t in group[0][0].outputs]
         try:
+            upscaler.last_prompts = None
             results = upscaler(torch.stack([image for _, image in group]), ts_group)
         except RuntimeError as err:  # one batch too large (or one odd image) must not end the run
             if os.environ.get("CTSR_TRACEBACK"):
@@ -458,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
                 for t, sr in zip(ts_group, results):
                     _write(sr[k], job.outputs[t], args.quality)  # creates the folder; one OutputError if it cannot
                     written += 1
+                if upscaler.last_prompts is not None:  # the prompt this image was upscaled with, beside it
+                    with atomic_write(prompt_file(job, len(ts) > 1), "OUTPUT") as f:
+                        f.write(upscaler.last_prompts[k].encode("utf-8"))
                 done += 1
             except OSError as err:
                 if err.errno in STOPPING_ERRORS:  # no space, read-only: every next image would fail the same way

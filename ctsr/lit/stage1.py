@@ -8,13 +8,14 @@ import torch
 
 from ctsr.errors import check_finite_values
 from ctsr.lit.common import LoRACheckpointMixin, adamw, check_optimizer
+from ctsr.lit.prompting import GroundTruthPrompts
 from ctsr.losses.perceptual import FrozenLPIPS
 from ctsr.losses.stage1 import DualTeacherLoss, Stage1Weights
 from ctsr.models.generator import OneStepGenerator
 from ctsr.models.teachers import Teacher, UNetTeacher
 
 
-class DualTeacherDistillation(LoRACheckpointMixin, L.LightningModule):
+class DualTeacherDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.LightningModule):
     """Trains the one-step generator with L_s1 = L_rec + λ_fl·L_fl + λ_rn·L_rn.
 
     Args:

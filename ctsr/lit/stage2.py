@@ -8,6 +8,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ctsr.diffusion.control_rule import ControlPath, ControlRule, Objective
 from ctsr.errors import check
 from ctsr.lit.common import LoRACheckpointMixin, adamw
+from ctsr.lit.prompting import GroundTruthPrompts
 from ctsr.losses.stage2 import T_SAMPLERS, TEACHER_INPUTS, TeacherInput, TSampler, stage2_terms
 from ctsr.models.control import ControllableSR, read_stage1_lora
 from ctsr.models.generator import OneStepGenerator
@@ -15,7 +16,8 @@ from ctsr.models.teachers import AnchoredTeacher
 
 
 # what must be the same in stage 2's generator as in the stage-1 run, or T_S is not the stage-1 network
-STAGE1_KEYS = ("lora_rank", "vae_lora_rank", "lora_alpha", "train_conv_in", "unet_training", "generator_timestep")
+STAGE1_KEYS = ("lora_rank", "vae_lora_rank", "lora_alpha", "train_conv_in", "unet_training", "generator_timestep",
+               "scale")
 
 
 def check_stage1_fits(stage1: dict, generator: dict, path: str) -> None:
@@ -24,6 +26,10 @@ def check_stage1_fits(stage1: dict, generator: dict, path: str) -> None:
     if not stage1:
         return
     saved = OneStepGenerator.complete_config(stage1)
+    mode = lambda cfg: (cfg.get("prompting") or {}).get("mode", "fixed")  # noqa: E731 (per-image prompts or not)
+    check(mode(saved) == mode(generator), "model.generator.prompting",
+          f"the stage-1 checkpoint '{path}' was trained with prompting mode {mode(saved)}, this config has "
+          f"{mode(generator)} (stack the same prompting override on stage 2)")
     bad = [k for k in STAGE1_KEYS if k in saved and k in generator and saved[k] != generator[k]]
     check(not bad, "model.generator",
           f"the stage-1 checkpoint '{path}' was trained with " + ", ".join(f"{k}={saved[k]}" for k in bad)
@@ -31,7 +37,7 @@ def check_stage1_fits(stage1: dict, generator: dict, path: str) -> None:
           + " (set them as in the stage-1 run)")
 
 
-class ControllabilityDistillation(LoRACheckpointMixin, L.LightningModule):
+class ControllabilityDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.LightningModule):
     """Trains the student ε_S so that ``ControllableSR``'s z(t) follows the control path, evaluated where it is
     trained (:mod:`ctsr.losses.stage2`): by default the endpoint objective ‖ε_S(z0, τ_c) − (z_f − z0)‖², so that
     z(t) = z0 + t·ε_S(z0, τ_c) — t = 0 the stage-1 output (realness end), t = 1 the fidelity teacher's latent.

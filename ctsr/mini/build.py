@@ -24,8 +24,9 @@ from pathlib import Path
 
 from ctsr.mini import BASE, FIDELITY, MODEL, WEIGHTS
 
-FIDELITY_STEPS = 6000
-VAE_STEPS = (2000, 3000, 3000)
+FIDELITY_STEPS = 3000
+VAE_STEPS = (1200, 2500, 1500)
+UNET_STEPS = 2500
 
 
 def run(cmd: list[str]) -> None:
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         run([py, "-m", "ctsr.mini.pretrain", "fidelity", "--out", str(fidelity), "--steps", str(FIDELITY_STEPS)])
     base = out / "base"
     if not (base / "mini_base.json").is_file():
-        run([py, "-m", "ctsr.mini.pretrain", "base", "--out", str(base), "--fidelity", str(fidelity),
-             "--vae-steps", *map(str, VAE_STEPS)])
+        run([py, "-m", "ctsr.mini.pretrain", "base", "--out", str(base), "--fidelity", "",
+             "--vae-steps", *map(str, VAE_STEPS), "--unet-steps", str(UNET_STEPS)])
         fp16_folder(base)
     where = [f"--model.init_args.generator.init_args.pretrained={base}",
              f"--model.init_args.fidelity_teacher.init_args.sr_model={fidelity}"]

@@ -147,7 +147,10 @@ def _deb_member(url: str, sha: str, member: str, cache: Path) -> bytes:
         if name.startswith("data.tar"):
             raw = lzma.decompress(body) if name.endswith(".xz") else body
             with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-                f = tar.extractfile(member)
+                try:
+                    f = tar.extractfile(member)
+                except KeyError:
+                    f = None
                 if f is None:
                     raise DataError(f"'{member}' is not in {deb.name}")
                 return f.read()

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -146,7 +147,7 @@ def bicubic_init(net: nn.Module, scale: int = SCALE) -> nn.Module:
     return net
 
 
-def train_fidelity(train_dir: str | Path, out: str | Path, steps: int = 6000, batch: int = 16, crop: int = 64,
+def train_fidelity(train_dir: str | Path, out: str | Path, steps: int = 3000, batch: int = 16, crop: int = 64,
                    num_feat: int = 48, num_conv: int = 12, lr: float = 3e-4, seed: int = 0) -> Path:
     """L1 regression under the Real-ESRGAN degradation (RealESRNet's recipe), written as ``{"params": …}``."""
     from ctsr.checkpoints import atomic_save
@@ -177,7 +178,7 @@ def train_fidelity(train_dir: str | Path, out: str | Path, steps: int = 6000, ba
 
 
 # -- the base model ------------------------------------------------------------------------------------------------
-def teacher_images(photos: list[Tensor], fidelity: str | Path, realness: str | Path, draws: int = 3,
+def teacher_images(photos: list[Tensor], fidelity: str | Path | None, realness: str | Path, draws: int = 3,
                    crop: int = 256, seed: int = 1) -> list[Tensor]:
     """Both teachers' outputs on degraded crops of the training photos: what the decoder must be able to draw."""
     from ctsr.data.degradations import RealESRGANDegradation
@@ -185,7 +186,7 @@ def teacher_images(photos: list[Tensor], fidelity: str | Path, realness: str | P
 
     gen = torch.Generator().manual_seed(seed)
     degrade = RealESRGANDegradation()
-    nets = [load_sr_model(str(fidelity)), load_sr_model(str(realness))]
+    nets = [load_sr_model(str(f)) for f in (fidelity, realness) if f]
     out = []
     with torch.no_grad():
         for _ in range(draws):
@@ -271,8 +272,46 @@ def latent_scale(vae: nn.Module, photos: list[Tensor], seed: int = 3) -> float:
     return float(1 / z.std())
 
 
+def train_denoiser(unet: nn.Module, vae: nn.Module, context: Tensor, images: list[Tensor], steps: int = 3000,
+                   batch: int = 16, bank: int = 1024, lr: float = 1e-3, seed: int = 0) -> dict:
+    """Pre-train the UNet as SD's was: ε-prediction on the VAE's latents of photo crops, τ ~ U{0 … 999}, the
+    prompt "" as context. (In stage 1 the student's UNet is also the denoiser ε_S of the distillation terms: from
+    random weights that term would first have to teach it denoising from scratch.) The latents of ``bank`` 128²
+    crops (with flips) are encoded once. Returns the loss at the start and the end."""
+    from ctsr.diffusion.schedule import NoiseSchedule
+
+    gen = torch.Generator().manual_seed(seed + 7)
+    schedule = NoiseSchedule()
+    s = vae.config.scaling_factor
+    with torch.no_grad():
+        crops = random_crops(images, bank, 128, gen)
+        latents = torch.cat([vae.encode(crops[i : i + 16] * 2 - 1).latent_dist.mode() * s
+                             for i in range(0, bank, 16)])
+    unet.train().requires_grad_(True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    log, losses = Log(500), []
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step - 1, steps, lr)
+        z0 = latents[torch.randint(len(latents), (batch,), generator=gen)]
+        z0 = torch.where(torch.rand(batch, 1, 1, 1, generator=gen) < 0.5, z0, z0.flip(-1))
+        tau = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        pred = unet(schedule.add_noise(z0, noise, tau), tau, encoder_hidden_states=context.expand(batch, -1, -1))
+        loss = F.mse_loss(pred.sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        log(step, steps, mse=loss.item())
+    unet.eval().requires_grad_(False)
+    return {"denoiser_mse_first_100": float(np.mean(losses[:100])), "denoiser_mse_last_100": float(np.mean(losses[-100:]))}
+
+
 def build_base(out: str | Path, train_dir: str | Path, test_dir: str | Path, fidelity: str | Path,
-               realness: str | Path, vae_steps: tuple[int, int, int] = (1500, 3000, 2000), seed: int = 0) -> dict:
+               realness: str | Path, vae_steps: tuple[int, int, int] = (1500, 3000, 2000), unet_steps: int = 3000,
+               seed: int = 0) -> dict:
     """Write the mini base model (diffusers layout) with a pre-trained VAE; returns its record (scores, configs)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -291,6 +330,10 @@ def build_base(out: str | Path, train_dir: str | Path, test_dir: str | Path, fid
     vae.register_to_config(scaling_factor=latent_scale(vae, photos))
     tok_dir = configs.write_tiny_tokenizer(out / ".tokenizer-src")
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    from ctsr.models.prompts import PromptEncoder
+
+    context = PromptEncoder(text, tokenizer).encode("")  # the student's prompt (OneStepGenerator's default)
+    scores.update(train_denoiser(unet, vae, context, photos, unet_steps, seed=seed))
     for name, part in (("vae", vae), ("unet", unet), ("text_encoder", text)):
         part.save_pretrained(out / name, safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
@@ -314,14 +357,17 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--out", default="weights/mini/base")
     base.add_argument("--train", default="data/mini/train/HR")
     base.add_argument("--val", default="data/mini/val/HR")
-    base.add_argument("--fidelity", default="weights/mini/fidelity_compact_x4.pth")
+    base.add_argument("--fidelity", default="weights/mini/fidelity_compact_x4.pth",
+                      help="its outputs join the VAE's training images ('' = Real-ESRGAN's only)")
     base.add_argument("--realness", default="weights/RealESRGAN_x4plus.pth")
     base.add_argument("--vae-steps", type=int, nargs=3, default=(1500, 3000, 2000))
+    base.add_argument("--unet-steps", type=int, default=3000)
     args = parser.parse_args(argv)
     if args.what == "fidelity":
         print(train_fidelity(args.train, args.out, args.steps))
     else:
-        print(build_base(args.out, args.train, args.val, args.fidelity, args.realness, tuple(args.vae_steps)))
+        print(build_base(args.out, args.train, args.val, args.fidelity, args.realness, tuple(args.vae_steps),
+                         args.unet_steps))
     return 0
 
 

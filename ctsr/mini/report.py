@@ -76,10 +76,11 @@ def evaluate(model_path: str | Path, test_dir: str | Path = "data/mini/test", re
             x_r = quantize_8bit(outs["realness_teacher"])
             for row, sr in outs.items():
                 score(row, sr, hr, x_r)
-            if i == 0:
-                shown = {"LR (bicubic)": outs["bicubic"], **{k: v for k, v in outs.items() if k != "bicubic"},
-                         "HR": hr}
-                shown = {"name": name, **shown}
+            if i == 0:  # the figure's row: bicubic, T_r, CTSR at three t, T_f, HR
+                mid = f"t={t_grid[len(t_grid) // 2]:g}"
+                shown = {"name": name, "bicubic": outs["bicubic"], "T_r (Real-ESRGAN)": outs["realness_teacher"],
+                         "CTSR t=0": outs[f"t={t_grid[0]:g}"], f"CTSR {mid}": outs[mid],
+                         "CTSR t=1": outs[f"t={t_grid[-1]:g}"], "T_f": outs["fidelity_teacher"], "HR": hr}
             if keep_images:
                 from ctsr.inference.upscale import _write
 
@@ -109,7 +110,7 @@ def targets(summary: dict) -> dict:
                                "what": "NIQE(t=1) - NIQE(t=0)"}
     gap = abs(niqe[0] - t_r["niqe"])
     out["niqe_t0_near_realness_teacher"] = {"met": gap <= 1.0, "value": gap, "needed": "<= 1.0",
-                                            "what": "|NIQE(t=0) - NIQE(realness teacher)|"}
+                                            "what": "distance of NIQE(t=0) to NIQE(realness teacher)"}
     ok, worst = monotone(psnr, True, TOLERANCE["psnr"])
     out["psnr_monotone"] = {"met": ok, "value": worst, "needed": f"<= {TOLERANCE['psnr']} dB",
                             "what": "largest PSNR drop from one t to the next (PSNR should rise with t)"}
@@ -171,12 +172,11 @@ def figures(summary: dict, shown: dict, out: Path) -> list[str]:
     size = min(h, w, 192)
     top, left = (h - size) // 2, (w - size) // 2
     keys = list(shown)
-    fig, axes = plt.subplots(1, len(keys), figsize=(1.9 * len(keys), 2.3))
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 2.6))
     for ax, key in zip(axes, keys):
         img = shown[key][0, :, top : top + size, left : left + size].clamp(0, 1).permute(1, 2, 0).numpy()
         ax.imshow(img, interpolation="nearest")
-        ax.set_title(key.replace("_teacher", " T").replace("fidelity", "T_f:").replace("realness", "T_r:")
-                     .replace("T_f: T", "T_f").replace("T_r: T", "T_r"), fontsize=8)
+        ax.set_title(key, fontsize=8)
         ax.axis("off")
     fig.suptitle(f"{name} (held out), a centre crop", fontsize=9)
     fig.tight_layout()

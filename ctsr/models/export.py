@@ -29,6 +29,10 @@ def report_source(spec: str | Path, tool: str) -> str | Path:
     step a checkpoint holds: "ctsr export: using step 6 of runs/b/checkpoints/last.ckpt"."""
     from ctsr.runs import model_source
 
+    if str(spec) == "mini":
+        path = resolve_model_spec(spec)
+        print(f"{tool}: using the mini-world model shipped with ctsr ({path})", file=sys.stderr)
+        return path
     source, step, note = model_source(spec, warn=lambda msg: print(f"{tool}: warning: {msg}", file=sys.stderr))
     if step is not None:
         print(f"{tool}: using step {step} of {source}" + (f" ({note})" if note else ""), file=sys.stderr)

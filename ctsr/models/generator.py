@@ -36,6 +36,7 @@ from ctsr.errors import check
 from ctsr.models import configs
 from ctsr.models.loading import load_osediff_lora, load_sd_components
 from ctsr.models.lora import UNET_TARGETS, VAE_ENCODER_TARGETS, add_lora, lora_parameters
+from ctsr.models.prompting import Prompting, build_prompter
 from ctsr.models.prompts import PromptEncoder
 
 ADAPTER = "ctsr"
@@ -118,6 +119,11 @@ class OneStepGenerator(nn.Module):
         train_conv_in: train the UNet's ``conv_in`` in full besides its LoRA, as OSEDiff (``OSEDiff_gen.set_train``,
             ``train_osediff.py``); its base weights are then saved with the LoRA weights.
         prompt: the text prompt c for every image (computed once through the CLIP text encoder).
+        prompting: per-image prompts (:mod:`ctsr.models.prompting`): ``{mode: dape, ...}`` conditions the UNet (and
+            the teachers, which read ``context``) on each image's DAPE tags, as OSEDiff runs; null / ``mode: fixed``:
+            ``prompt`` for every image (the default).
+        scale: the upscaling factor: 4 (×4 SR, the paper) or 1 (same-size restoration: the low-light task of
+            Table 9, ``task: lle``; the input is encoded as it is). Files written before this option are ×4.
         latent_sampling: how the LR latent is taken from the encoder's distribution: ``auto`` samples in training
             (OSEDiff's ``OSEDiff_gen.forward``) and takes the mode in evaluation (deterministic; OSEDiff's
             ``OSEDiff_test.forward`` samples), ``mode`` or ``sample`` always.
@@ -157,6 +163,8 @@ class OneStepGenerator(nn.Module):
         seed: int = 0,
         unet_training: Literal["lora", "full"] = "lora",
         generator_timestep: float = GENERATOR_TIMESTEP,
+        prompting: Prompting | None = None,
+        scale: int = 4,
     ) -> None:
         super().__init__()
         check(lora_rank >= 1, "lora_rank", f"must be ≥ 1, got {lora_rank}")
@@ -167,6 +175,8 @@ class OneStepGenerator(nn.Module):
         check(lora_alpha > 0, "lora_alpha", f"must be > 0, got {lora_alpha}")
         check(latent_sampling in ("auto", "mode", "sample"), "latent_sampling", f"unknown value {latent_sampling!r}")
         check(lr_upsample in LR_UPSAMPLE, "lr_upsample", f"must be torch or pil, got {lr_upsample!r}")
+        check(isinstance(scale, int) and scale in (1, 2, 4), "scale", f"must be 1, 2 or 4, got {scale!r}")
+        self.scale = scale
         self.pretrained = pretrained
         self.latent_sampling = latent_sampling
         self.lr_upsample = lr_upsample
@@ -174,7 +184,11 @@ class OneStepGenerator(nn.Module):
         self.config = dict(pretrained=pretrained, osediff_lora=osediff_lora, lora_rank=lora_rank,
                            vae_lora_rank=vae_lora_rank, lora_alpha=float(lora_alpha), train_conv_in=bool(train_conv_in),
                            prompt=prompt, latent_sampling=latent_sampling, lr_upsample=lr_upsample, seed=seed,
-                           unet_training=unet_training, generator_timestep=float(generator_timestep))
+                           unet_training=unet_training, generator_timestep=float(generator_timestep),
+                           scale=scale)
+        prompting = Prompting.parse(prompting)  # a stored config holds a dict
+        if prompting is not None:
+            self.config["prompting"] = prompting.as_config()
         self.unet_training = unet_training
         self.generator_timestep = float(generator_timestep)
         parts = load_sd_components(pretrained, seed=seed)
@@ -185,6 +199,7 @@ class OneStepGenerator(nn.Module):
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.prompts = PromptEncoder(parts.text_encoder, parts.tokenizer)
         self.register_buffer("context", self.prompts.encode(prompt), persistent=False)
+        self.prompter = build_prompter(prompting, self.prompts, prompt, self.upsample)  # None: the fixed prompt
         self.schedule = NoiseSchedule()
         if unet_training == "lora":
             add_lora(self.unet, lora_rank, UNET_TARGETS, ADAPTER, alpha=lora_alpha)
@@ -211,6 +226,7 @@ class OneStepGenerator(nn.Module):
         cfg.setdefault("lr_upsample", "torch")
         cfg.setdefault("unet_training", "lora")
         cfg.setdefault("generator_timestep", float(GENERATOR_TIMESTEP))
+        cfg.setdefault("scale", 4)
         return cfg
 
     @classmethod
@@ -219,6 +235,14 @@ class OneStepGenerator(nn.Module):
         return cls(**{**cls.complete_config(config), **overrides})
 
     # -- pieces ---------------------------------------------------------------------------------------------
+    def use_context(self, context: Tensor | None = None) -> None:
+        """Condition the next passes on per-image prompt embeddings c (B, 77, D) (``prompting``); None: the fixed
+        prompt's (1, 77, D) again. Everything that reads ``context`` (ε_S, the teachers through the losses, the
+        control model) follows."""
+        if "fixed_context" not in self._buffers:
+            self.register_buffer("fixed_context", self.context, persistent=False)
+        self.context = self.fixed_context if context is None else context.to(self.fixed_context.device)
+
     def batch_context(self, batch: int, context: Tensor | None = None) -> Tensor:
         c = self.context if context is None else context
         return c.expand(batch, -1, -1) if c.shape[0] == 1 else c
@@ -271,10 +295,14 @@ class OneStepGenerator(nn.Module):
 
     # -- the generator ---------------------------------------------------------------------------------------
     def upsample(self, x_lr: Tensor) -> Tensor:
-        """x_LR (B,3,h,w) in [0,1] → ×4 in [0,1], by ``lr_upsample`` (torch's or PIL's bicubic)."""
+        """x_LR (B,3,h,w) in [0,1] → ×``scale`` in [0,1], by ``lr_upsample`` (torch's or PIL's bicubic); scale 1:
+        the input as it is."""
+        s = self.scale
+        if s == 1:
+            return x_lr.clamp(0, 1)
         if self.lr_upsample == "pil":
-            return pil_bicubic_resize(x_lr, (4 * x_lr.shape[-2], 4 * x_lr.shape[-1]))
-        return F.interpolate(x_lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+            return pil_bicubic_resize(x_lr, (s * x_lr.shape[-2], s * x_lr.shape[-1]))
+        return F.interpolate(x_lr, scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1)
 
     def lr_latent(self, x_lr: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """z_L of x_LR (B,3,h,w) in [0,1]: bicubic ×4 (``lr_upsample``), to [-1,1], encode."""
@@ -283,6 +311,8 @@ class OneStepGenerator(nn.Module):
     def latent(self, x_lr: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """ẑ0 of the one-step generator: (B,3,h,w) in [0,1] → (B,4,h/2,w/2)."""
         z_l = self.lr_latent(x_lr, generator, sample)
+        if self.prompter is not None:
+            self.prompter.update(self, x_lr)  # c from x_LR's tags (unless a caller pinned it)
         eps = self.eps(z_l, self.generator_timestep)
         return self.schedule.x0_from_eps(z_l, eps, self.generator_timestep)
 

@@ -118,12 +118,20 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
       ``resshift_realsrx4_s4_v3.pth`` / ``SinSR_v1.pth`` and ``autoencoder_vq_f4.pth``);
       ``resshift:NET[,AUTOENCODER]`` / ``sinsr:NET[,AUTOENCODER]`` from other paths (the autoencoder defaults to
       ``autoencoder_vq_f4.pth`` beside NET) — ``ctsr.models.resshift``, docs/teachers.md;
-    * any other string: a checkpoint spandrel loads (Real-ESRGAN, SwinIR, HAT, …).
+    * ``identity`` / ``gamma`` / ``equalize`` (scale 1): classical low-light enhancers, stand-ins for the low-light
+      task's teachers (:mod:`ctsr.models.lowlight`);
+    * any other string: a checkpoint spandrel loads (Real-ESRGAN, SwinIR, HAT, …; at ``scale: 1``, any 1× model).
     """
     if not isinstance(spec, str):
         return spec
     if spec == "bicubic":
         return Bicubic(scale)
+    from ctsr.models.lowlight import BASELINES
+
+    if spec in BASELINES:
+        if scale != 1:
+            raise ConfigError(f"sr_model: '{spec}' is a same-size (low-light) enhancer; it needs scale: 1, got {scale}")
+        return BASELINES[spec]()
     if spec == "mini":
         from ctsr.mini import FIDELITY
 
