@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from ctsr.data import degradations
+from ctsr.data.degradations import operations  # where jpeg reads its chunk size
 from ctsr.data.degradations import RealESRGANDegradation
 
 
@@ -64,12 +64,12 @@ def main() -> None:
     old_module = RealESRGANDegradation(max_groups=4).to(device)
 
     def batched_old() -> None:
-        chunk = degradations.JPEG_CPU_CHUNK_PIXELS
-        degradations.JPEG_CPU_CHUNK_PIXELS = 1 << 62
+        chunk = operations.JPEG_CPU_CHUNK_PIXELS
+        operations.JPEG_CPU_CHUNK_PIXELS = 1 << 62
         try:
             old_module.apply(hr, params, torch.Generator(device=device).manual_seed(args.seed))
         finally:
-            degradations.JPEG_CPU_CHUNK_PIXELS = chunk
+            operations.JPEG_CPU_CHUNK_PIXELS = chunk
 
     batched(), per_sample()  # warm-up: kornia's DCT basis, the allocator, cuDNN's choices
     # the paths alternate, so a shared host's load drifts over all alike; ratios are medians of the pairs'

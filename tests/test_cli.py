@@ -10,7 +10,8 @@ import yaml
 from ctsr.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "experiments").glob("*.yaml")) + sorted(
+    p for p in (ROOT / "experiments" / "mini").glob("*.yaml") if not p.stem.startswith("ablation_"))
 ABLATIONS = sorted((ROOT / "experiments" / "ablations").glob("*.yaml"))
 
 
@@ -26,6 +27,19 @@ def test_every_experiment_config_parses(config, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("ctsr.lit.")
     assert printed["data"]["class_path"] == "ctsr.data.datamodule.SRDataModule"
+
+
+def test_the_mini_overlay_stacks_on_stage1_and_each_lambda_ablation(capsys):
+    overlay = ROOT / "experiments" / "mini" / "ablation_stage1.yaml"
+    for ablation in [None, *sorted((ROOT / "experiments" / "ablations").glob("lambda_rn_*.yaml"))]:
+        argv = ["fit", "--config", str(ROOT / "experiments" / "stage1.yaml"), "--config", str(overlay)]
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv + (["--config", str(ablation)] if ablation else []) + ["--print_config"])
+        assert exit_info.value.code in (0, None)
+        printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+        assert printed["generator"]["init_args"]["pretrained"] == "mini" and printed["init_from"] == "mini"
+        assert printed["lambda_lp"] == 0.0
+        assert printed["lambda_rn"] == (float(ablation.stem.rsplit("_", 1)[1]) if ablation else 1.0)
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS, ids=lambda p: p.name)

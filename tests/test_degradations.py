@@ -425,13 +425,13 @@ def test_host_tensor_values_and_devices():
 
 def test_cpu_jpeg_chunks_change_no_value(monkeypatch):
     """On a CPU ``jpeg`` codes the batch in cache-sized chunks: the bytes equal those of one call."""
-    from ctsr.data import degradations
+    from ctsr.data.degradations import operations  # where jpeg reads its chunk size
 
     img = torch.stack([photo(48, 64, *c) for c in (("astronaut", 0, 0), ("coffee", 30, 90), ("rocket", 80, 40))])
     sizes, quality = ([48, 40, 33], [64, 64, 50]), torch.tensor([35.0, 60.0, 90.0])
-    monkeypatch.setattr(degradations, "JPEG_CPU_CHUNK_PIXELS", 1 << 40)
+    monkeypatch.setattr(operations, "JPEG_CPU_CHUNK_PIXELS", 1 << 40)
     whole = jpeg(img, sizes, quality, "kornia")
-    monkeypatch.setattr(degradations, "JPEG_CPU_CHUNK_PIXELS", 2 * 48 * 64)  # chunks of 2, then 1
+    monkeypatch.setattr(operations, "JPEG_CPU_CHUNK_PIXELS", 2 * 48 * 64)  # chunks of 2, then 1
     chunked = jpeg(img, sizes, quality, "kornia")
     assert chunked.shape == whole.shape and (chunked - whole).abs().max() < 1e-5
 

@@ -344,6 +344,67 @@ def test_lpips_column_is_pyiqa_lpips_alex_reading_the_files_the_error_names(empt
     assert "pyiqa lpips: AlexNet" in suite.protocol()
 
 
+def _same_attributes(ours: nn.Module, theirs: nn.Module) -> None:
+    """The plain attributes of two modules agree (tensors equal, lists of modules of the same types)."""
+    a, b = ({k: v for k, v in vars(m).items() if not k.startswith("_")} for m in (ours, theirs))
+    assert a.keys() == b.keys(), set(a) ^ set(b)
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other), key
+        elif isinstance(value, list) and value and isinstance(value[0], nn.Module):
+            assert [type(v) for v in value] == [type(v) for v in other], key
+        elif type(value).__module__.startswith("pyiqa"):
+            assert type(value) is type(other), key
+        else:
+            assert value == other, key
+
+
+@pytest.mark.parametrize("name", ["lpips", "dists", pytest.param("maniqa", marks=pytest.mark.slow), "clipiqa", "fid"])
+def test_random_networks_are_the_libraries_classes_as_their_constructors_build_them(name, monkeypatch):
+    """ctsr assembles the classes whose constructors download backbone weights (``networks._assemble``); built by
+    the library's own constructor (its downloads stubbed here), each is the same class with the same state dict,
+    the same attributes and, given the same weights, the same output."""
+    import timm
+    import torchvision
+    from pyiqa.archs import dists_arch, inception, lpips_arch, maniqa_arch
+
+    with networks._openai_clip_importable():
+        from pyiqa.archs import clipiqa_arch
+    clip = networks._random_clip_rn50()
+    vgg16 = torchvision.models.vgg16
+    ours, build, stub, x = {
+        "lpips": (networks.random_lpips_alex(), lambda: lpips_arch.LPIPS(pretrained=False),
+                  ("torchvision.models.alexnet", lambda *a, **k: torchvision.models.AlexNet()), (2, 3, 64, 64)),
+        "dists": (networks.random_dists(), lambda: dists_arch.DISTS(pretrained=False),
+                  ("torchvision.models.vgg16", lambda *a, **k: vgg16()), (2, 3, 64, 64)),
+        "maniqa": (networks.random_maniqa(), lambda: maniqa_arch.MANIQA(pretrained=False),
+                   ("timm.create_model", lambda n, pretrained=False: timm.models.create_model(n)), None),
+        "clipiqa": (networks.clipiqa(clip), lambda: clipiqa_arch.CLIPIQA(),
+                    (clipiqa_arch, "load", lambda *a, **k: clip), (1, 3, 224, 224)),
+        "fid": (networks.random_fid_inception(),
+                lambda: inception.InceptionV3(output_blocks=[3], resize_input=False, normalize_input=False),
+                (inception, "load_pretrained_network", lambda *a, **k: None), (1, 3, 75, 75)),
+    }[name]
+    monkeypatch.setattr(*stub)
+    theirs = build()
+    assert type(ours) is type(theirs)
+    state = ours.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    theirs.load_state_dict(state)
+    _same_attributes(ours, theirs)
+    for (n, a), (_, b) in zip(ours.named_modules(), theirs.named_modules()):
+        assert type(a) is type(b) and len(a._forward_hooks) == len(b._forward_hooks), n
+        _same_attributes(a, b)
+    if x is not None:
+        img = torch.rand(*x, generator=torch.Generator().manual_seed(0))
+        args = (img, img.flip(-1)) if name in ("lpips", "dists") else (img,)
+        with torch.no_grad():
+            a, b = ours.eval()(*args), theirs.eval()(*args)
+        a, b = (v[0] if isinstance(v, list) else v for v in (a, b))
+        assert torch.equal(a, b)
+
+
 def test_no_reference_suite_scores_sr_alone_and_full_reference_needs_hr():
     suite = MetricSuite(["niqe"], weights="random")
     img = _to_tensor(_photos()[:1])

@@ -182,3 +182,35 @@ def test_stage2_config_errors():
         ControllabilityDistillation(gen, None, None, path="fidelity")
     with pytest.raises(ConfigError, match="model.path"):
         ControllabilityDistillation(gen, None, None, path="sideways")
+    with pytest.raises(ConfigError, match=r"model\.tau_max: must lie in \(0, 999\]"):
+        ControllabilityDistillation(gen, None, AnchoredTeacher("bicubic"), tau_max=0.0)
+    with pytest.raises(ConfigError, match="model.control_steps"):
+        ControllabilityDistillation(gen, None, AnchoredTeacher("bicubic"), control_steps=0)
+
+
+def test_the_control_rule_is_one_validated_dataclass(stage2):
+    """The LightningModule's options become the model's ControlRule (stored as it is in checkpoints); the rule is
+    validated on every change, the model's attributes included; old stored configs read as eq8 with the old rule."""
+    from dataclasses import FrozenInstanceError
+
+    from ctsr.diffusion.control_rule import ControlRule
+
+    rule = stage2.model.rule
+    assert rule == ControlRule() and stage2.hparams.tau_max == rule.tau_max == 999.0
+    checkpoint = {"state_dict": {}}
+    stage2.on_save_checkpoint(checkpoint)
+    assert ControlRule.from_stored(checkpoint["ctsr_control"]) == rule
+    with pytest.raises(FrozenInstanceError):
+        rule.tau_c = 5.0
+    for bad in (dict(tau_c=-1.0), dict(tau_max=float("nan")), dict(path="sideways"), dict(objective="eq9"),
+                dict(tau_rule="last"), dict(control_steps=0)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            ControlRule(**bad)
+    with pytest.raises(ConfigError, match="control_steps"):
+        stage2.model.control_steps = 0  # a model attribute is the rule's option: validated too
+    assert stage2.model.rule is rule
+    stage2.model.tau_c = 20
+    assert stage2.model.rule == rule.replace(tau_c=20.0) and isinstance(stage2.model.rule.tau_c, float)
+    old = ControlRule.from_stored({"rank": 4, "tau_max": 500.0, "control_steps": 2})
+    assert (old.objective, old.tau_rule, old.control_steps, old.tau_max) == ("eq8", "next", 2, 500.0)
+    assert ControlRule.from_stored(rule.to_dict(), control_steps=3).control_steps == 3

@@ -171,20 +171,26 @@ def test_tiled_model_equals_the_untiled_one_for_local_networks():
     assert not torch.allclose(ref[0], ref[2])  # the control changes the output, so the control step was tiled too
 
 
-def test_one_tile_is_the_model_bit_for_bit_and_methods_come_back(tiny_model):
+def test_one_tile_is_the_model_bit_for_bit_and_the_tiling_is_state(tiny_model):
+    """Tiling is the generator's state (``generator.tiling``), not patched methods: nothing of the generator, its
+    UNet or its VAE is replaced, and the state is back after the block, however it ends."""
     gen = tiny_model.generator
     x = _lr()
+    parts = {"gen": gen, "unet": gen.unet, "vae": gen.vae}
+    attributes = {name: set(vars(m)) for name, m in parts.items()}
     with torch.no_grad():
         ref = tiny_model.sweep(x, [0.0, 0.7])
-        with tiled_inference(gen, tile=96, overlap=32, vae_tile=256, vae_overlap=32):
-            assert "eps" in vars(gen) and "decode" in vars(gen.vae)
+        with tiled_inference(gen, tile=96, overlap=32, vae_tile=256, vae_overlap=32) as tiling:
+            assert gen.tiling is tiling and (tiling.tile, tiling.vae_tile, tiling.align) == (96, 256, 2)
+            added = {name: set(vars(m)) - attributes[name] for name, m in parts.items()}
+            assert added == {"gen": {"tiling"}, "unet": set(), "vae": set()}, added  # state, no method shadowed
             out = tiny_model.sweep(x, [0.0, 0.7])
     assert all(torch.equal(a, b) for a, b in zip(ref, out))
-    assert "eps" not in vars(gen) and "encode" not in vars(gen.vae) and "decode" not in vars(gen.vae)
+    assert gen.tiling is None
     with pytest.raises(RuntimeError, match="boom"):
         with tiled_inference(gen, tile=8, overlap=4):
             raise RuntimeError("boom")
-    assert "eps" not in vars(gen)
+    assert gen.tiling is None
 
 
 def _seam_ratios(diff, h, w, tile, overlap, align):
@@ -360,4 +366,4 @@ def test_tile_options_are_checked(tiny_model):
     with pytest.raises(ConfigError, match="shared_norms"):
         with tiled_inference(gen, shared_norms="vae"):
             pass
-    assert "eps" not in vars(gen)
+    assert gen.tiling is None

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ctsr.diffusion.control_rule import ControlRule
 from ctsr.diffusion.schedule import NoiseSchedule, alphas_cumprod
 from ctsr.losses.stage1 import DualTeacherLoss, Stage1Weights, teacher_terms
 from ctsr.losses.stage2 import control_targets
@@ -182,7 +183,8 @@ def test_large_lambda_fl_moves_the_mse_to_the_fidelity_teacher(trained):
 
 @pytest.fixture(scope="module")
 def fidelity_control(trained):
-    model, _ = stage2(trained.init, trained.world, "fidelity", "eq8", steps=200, batch=256, lr=1e-3, seed=0)
+    model, _ = stage2(trained.init, trained.world, ControlRule(objective="eq8"), steps=200, batch=256, lr=1e-3,
+                      seed=0)
     return model
 
 
@@ -194,7 +196,7 @@ def _d_f(model, ev, t):
 
 def test_fidelity_path_ends_on_the_fidelity_teacher(trained):
     """P(1) = z_f − z0 for the toy's T_S and AnchoredTeacher, through the project's control_targets."""
-    model, _ = stage2(trained.init, trained.world, "fidelity", steps=0)
+    model, _ = stage2(trained.init, trained.world, steps=0)
     ev = trained.ev
     z0 = model.z0(ev.batch.x_lr, ev.noise)
     z_f = fidelity_teacher(trained.world, model.generator).condition(ev.batch.x_lr)
@@ -220,25 +222,28 @@ def test_fidelity_control_learns_the_velocity_where_eq8_trains_it(trained, fidel
 
 def test_toy_stage2_terms_equal_the_lightning_module(trained, fidelity_control):
     """The toy's stage-2 loss is ControllabilityDistillation.stage2_terms': same loss for both objectives, every
-    path, both teacher inputs and both t-samplers."""
+    path, both teacher inputs and both t-samplers (the control rule: the model's)."""
     from ctsr.lit.stage2 import ControllabilityDistillation
 
     model, world = fidelity_control, trained.world
+    trained_rule = model.rule
     ft = fidelity_teacher(world, model.generator)
     x_lr = draw_batch(world, 16, torch.Generator().manual_seed(6)).x_lr
     cases = [("endpoint", p, "z0", "order", tau_c) for p in ("fidelity", "noise", "denoise") for tau_c in (0.0, 30.0)]
     cases += [("eq8", p, ti, ts, 0.0) for p in ("fidelity", "noise", "denoise") for ti in ("z0", "path")
               for ts in ("order", "uniform")]
     for objective, path, teacher_input, t_sampler, tau_c in cases:
-        opts = dict(objective=objective, path=path, teacher_input=teacher_input, tau_max=200.0, tau_c=tau_c,
-                    t_sampler=t_sampler)
+        model.rule = ControlRule(objective=objective, path=path, tau_max=200.0, tau_c=tau_c)
+        opts = dict(teacher_input=teacher_input, t_sampler=t_sampler)
         duck = SimpleNamespace(hparams=SimpleNamespace(**opts), model=model, fidelity_teacher=ft,
                                generator=model.generator)
         model.teacher.rng.manual_seed(0)
         ref = ControllabilityDistillation.stage2_terms(duck, x_lr, torch.Generator().manual_seed(7))
         model.teacher.rng.manual_seed(0)
         got = toy_stage2_terms(model, ft, x_lr, torch.Generator().manual_seed(7), **opts)
-        assert float(got["loss"].detach()) == pytest.approx(float(ref["loss"].detach()), rel=1e-6), opts
+        assert float(got["loss"].detach()) == pytest.approx(float(ref["loss"].detach()), rel=1e-6), (model.rule,
+                                                                                                     opts)
+    model.rule = trained_rule
 
 
 def test_toy_stage2_calls_the_projects_stage2_terms(trained, monkeypatch):
@@ -249,24 +254,24 @@ def test_toy_stage2_calls_the_projects_stage2_terms(trained, monkeypatch):
     calls, real = [], s2.stage2_terms
 
     def spy(model, x_lr, generator=None, **kw):
-        calls.append(kw)
+        calls.append(model.rule)
         return real(model, x_lr, generator, **kw)
 
     monkeypatch.setattr(s2, "stage2_terms", spy)
-    stage2(trained.init, trained.world, "denoise", "endpoint", tau_max=100.0, steps=3, batch=32)
+    stage2(trained.init, trained.world, ControlRule(path="denoise", tau_max=100.0), steps=3, batch=32)
     assert len(calls) == 3
-    assert {(c["objective"], c["path"], c["tau_max"]) for c in calls} == {("endpoint", "denoise", 100.0)}
+    assert {(r.objective, r.path, r.tau_max) for r in calls} == {("endpoint", "denoise", 100.0)}
 
 
 def test_endpoint_is_trained_where_the_toy_model_evaluates_it(trained):
     """Default objective: the (latent, timestep) pairs the student sees in a toy training step are the ones
     ControllableSR queries at inference (z0 and τ_c), for every t."""
-    model, _ = stage2(trained.init, trained.world, "fidelity", "endpoint", tau_c=25.0, steps=0)
+    model, _ = stage2(trained.init, trained.world, ControlRule(tau_c=25.0), steps=0)
     ft = fidelity_teacher(trained.world, model.generator)
     x_lr = draw_batch(trained.world, 8, torch.Generator().manual_seed(8)).x_lr
     seen = []
     model.teacher.rng.manual_seed(3)
-    toy_stage2_terms(model, ft, x_lr, torch.Generator().manual_seed(0), tau_c=25.0,
+    toy_stage2_terms(model, ft, x_lr, torch.Generator().manual_seed(0),
                      record=lambda z, tau: seen.append((z.clone(), tau.clone())))
     asked = []
     velocity = model.velocity
@@ -287,8 +292,8 @@ def test_endpoint_reaches_the_fidelity_end_better_than_eq8_with_the_old_rule(tra
     """Quick budget, fidelity path: t = 1 of the default (endpoint) lands much nearer E[z|y] than eq. 8 evaluated
     with the old τ(t_{k+1}) rule at K = 1; and the endpoint's z(t) is linear in t (one velocity)."""
     ev = trained.ev
-    endpoint, _ = stage2(trained.init, trained.world, "fidelity", "endpoint", steps=120, batch=256, lr=1e-3)
-    eq8, _ = stage2(trained.init, trained.world, "fidelity", "eq8", steps=120, batch=256, lr=1e-3)
+    endpoint, _ = stage2(trained.init, trained.world, ControlRule(), steps=120, batch=256, lr=1e-3)
+    eq8, _ = stage2(trained.init, trained.world, ControlRule(objective="eq8"), steps=120, batch=256, lr=1e-3)
     eq8.tau_rule = "next"
     d0 = _d_f(endpoint, ev, 0.0)
     ratio_endpoint, ratio_eq8 = _d_f(endpoint, ev, 1.0) / d0, _d_f(eq8, ev, 1.0) / d0

@@ -200,7 +200,7 @@ def test_the_librarys_own_torch_load_is_weights_only(metric, which, caches, monk
     files = REQUIRED_FILES[metric]
     planted = _plant_crafted(files[which], marker)
     monkeypatch.setattr(weight_files, "check_present", lambda metrics: None)
-    monkeypatch.setattr("ctsr.losses.perceptual.check_weight_file", lambda path, what: None)
+    monkeypatch.setattr("ctsr.nets.lpips.check_weight_file", lambda path, what: None)
     if metric == "lpips" and which == 1:
         alexnet = torchvision.models.alexnet
         monkeypatch.setattr(torchvision.models, "alexnet", lambda *a, **k: alexnet(weights=None))

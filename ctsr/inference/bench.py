@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -199,24 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     rows("eager")
     if large:  # eager, batch 1, as `ctsr upscale` runs by default (compiled, every new tile shape would recompile)
         x_big = torch.rand(1, 3, large // 4, large // 4, generator=g).to(device)
-        t, budget = max(args.ts), up.tiling["max_cells"]
-        up.tiling["max_cells"] = REFERENCE_CELLS
+        t, budget = max(args.ts), up.tiling.max_cells
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        tl, large_ms = up.tiling, {}
+        large_ms = {}
         for shared in ("unet", "none"):  # the UNet tiles' GroupNorm statistics: the image's (default) or each tile's
-            tl["shared_norms"] = shared
+            up.tiling = tl = replace(up.tiling, max_cells=REFERENCE_CELLS, shared_norms=shared)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             ms, mem = timed(lambda: up(x_big, [t]), device, 1, 1)
             large_ms[shared] = ms
             peak = ("peak -" if mem is None
                     else f"peak {mem:.1f} GiB, {mem - bare_gib:.1f} without the bare graph's weights")
-            print(f"large: {large}×{large} output, t={t:g}, batch 1, eager, UNet tiles {tl['tile']}/{tl['overlap']}, "
-                  f"VAE tiles {tl['vae_tile']}/{tl['vae_overlap']} (latent px), norms "
+            print(f"large: {large}×{large} output, t={t:g}, batch 1, eager, UNet tiles {tl.tile}/{tl.overlap}, "
+                  f"VAE tiles {tl.vae_tile}/{tl.vae_overlap} (latent px), norms "
                   f"shared {shared}: {ms:.0f} ms, {peak} (target: ≤ 24 GiB)")
             sys.stdout.flush()
-        tl["shared_norms"], tl["max_cells"] = "unet", budget
+        up.tiling = replace(up.tiling, shared_norms="unet", max_cells=budget)
         print(f"ratio shared/per-tile norms, large: {large_ms['unet'] / large_ms['none']:.3f}")
     if compile_rows:
         import torch._dynamo as dynamo

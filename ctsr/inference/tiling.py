@@ -8,10 +8,10 @@ Three networks are tiled, each on the latent grid (1 latent pixel = 8 output pix
 
 Blending ε is blending the model's latents: ẑ0 = (z_L − √(1−ᾱ)·ε)/√ᾱ (DESIGN §3) and the control step
 z(t) = z0 + t·ε_S(z0, τ(t)) (§6) are per-pixel affine maps of ε, and the weights of a pixel sum to 1.
-:func:`tiled_inference` installs the tiled networks on a generator for the length of a ``with`` block, so the model's
-own code (``generator.latent``, ``ControllableSR.z0``, ``controlled_latent``, ``sweep``) runs unchanged on top of
-them: z0 from the UNet over overlapping tiles, then each control step over tiles of the blended z(t_k), then a
-tiled decode.
+A :class:`Tiling` set as ``generator.tiling`` (by the :class:`~ctsr.inference.upscale.Upscaler`, or for a ``with``
+block by :func:`tiled_inference`) makes the generator run its networks over tiles, so the model's own code
+(``generator.latent``, ``ControllableSR.z0``, ``controlled_latent``, ``sweep``) runs unchanged on top of them: z0
+from the UNet over overlapping tiles, then each control step over tiles of the blended z(t_k), then a tiled decode.
 
 Exactness. Where the whole latent fits in one tile the network is called as it is: the untiled model, bit for bit.
 Otherwise three things separate a tiled network from the untiled one:
@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 import threading
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -238,7 +239,10 @@ class _SharedGroupNorms:
                     self.barrier.abort()
 
         with ExitStack() as stack:
-            for norm in self.norms:  # an instance attribute shadows nn.GroupNorm.forward for this block
+            # an instance attribute shadows nn.GroupNorm.forward for this block: the one place where a network is
+            # intercepted, inside its own run. A forward hook would do it without shadowing, but only after the
+            # norm has computed its per-tile output for nothing (measured 1.3× the tiny model's time, all norms)
+            for norm in self.norms:
                 norm.forward = lambda x, norm=norm: self._norm(norm, x)
                 stack.callback(delattr, norm, "forward")
             # compiled graphs cannot wait at a barrier: run the networks eagerly (no-op when nothing is compiled)
@@ -364,68 +368,86 @@ def vae_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-@contextmanager
-def tiled_inference(
-    generator,
-    tile: int = 96,
-    overlap: int = 32,
-    vae_tile: int = 256,
-    vae_overlap: int = 32,
-    max_cells: int = 0,
-    sigma: float = GAUSSIAN_SIGMA,
-    shared_norms: str = "unet",
-) -> Iterator[None]:
-    """Within the block, ``generator.eps``, ``generator.vae.encode`` and ``generator.vae.decode`` run over tiles.
+@dataclass(frozen=True)
+class Tiling:
+    """How a generator's networks run over tiles: its state while set as ``generator.tiling`` (``eps``, the encoder
+    and the decoder of :class:`~ctsr.models.generator.OneStepGenerator` read it at every call), so the model's own
+    code (``latent``, ``ControllableSR.z0``, ``controlled_latent``, ``sweep``) runs unchanged over tiles. Set by
+    :class:`~ctsr.inference.upscale.Upscaler` for its model, or for a ``with`` block by :func:`tiled_inference`.
 
     Args:
-        generator: a ``OneStepGenerator`` (also the one inside a ``ControllableSR``).
         tile, overlap: UNet tiles, in latent pixels (OSEDiff: 96 and 32). 0: never tile the UNet.
         vae_tile, vae_overlap: VAE encoder and decoder tiles, in latent pixels (256 = 2048 output px). 0: never tile.
         max_cells: latent pixels per network call (tiles or whole images), at least one tile; 0: no limit.
+        sigma: σ of the blending weights, a fraction of the tile side.
         shared_norms: whose GroupNorms use each image's statistics pooled over its tiles, as the untiled network
             does (no per-tile shifts of contrast and colour): ``unet`` (default), ``all`` (the VAE's too: memory
             about that of the untiled VAE), ``none`` (each tile its own; see :class:`_SharedGroupNorms`).
+        align: the UNet's downsampling (:func:`unet_alignment`): tile sides and starts are multiples of it.
     """
-    check(shared_norms in SHARED_NORMS, "shared_norms", f"one of {', '.join(SHARED_NORMS)}; got {shared_norms!r}")
-    align = unet_alignment(generator.unet)
-    check(tile >= 0 and tile % align == 0, "tile", f"must be 0 or a positive multiple of {align} (the UNet's "
-          f"downsampling), got {tile}")
-    check(vae_tile >= 0, "vae_tile", f"must be ≥ 0, got {vae_tile}")
-    check(0 <= overlap < max(tile, 1), "tile_overlap", f"must lie in [0, tile = {tile}), got {overlap}")
-    check(0 <= vae_overlap < max(vae_tile, 1), "vae_overlap", f"must lie in [0, vae_tile = {vae_tile}), got "
-          f"{vae_overlap}")
-    from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
-    from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
-    vae = generator.vae
-    factor = vae_factor(vae)
-    eps, encode, decode = generator.eps, vae.encode, vae.decode  # the networks as they are
+    tile: int = 96
+    overlap: int = 32
+    vae_tile: int = 256
+    vae_overlap: int = 32
+    max_cells: int = 0
+    sigma: float = GAUSSIAN_SIGMA
+    shared_norms: str = "unet"
+    align: int = 1
 
-    def tiled_eps(z_t: Tensor, tau, context: Tensor | None = None) -> Tensor:
+    def __post_init__(self) -> None:
+        check(self.shared_norms in SHARED_NORMS, "shared_norms",
+              f"one of {', '.join(SHARED_NORMS)}; got {self.shared_norms!r}")
+        check(self.tile >= 0 and self.tile % self.align == 0, "tile",
+              f"must be 0 or a positive multiple of {self.align} (the UNet's downsampling), got {self.tile}")
+        check(self.vae_tile >= 0, "vae_tile", f"must be ≥ 0, got {self.vae_tile}")
+        check(0 <= self.overlap < max(self.tile, 1), "tile_overlap",
+              f"must lie in [0, tile = {self.tile}), got {self.overlap}")
+        check(0 <= self.vae_overlap < max(self.vae_tile, 1), "vae_overlap",
+              f"must lie in [0, vae_tile = {self.vae_tile}), got {self.vae_overlap}")
+
+    @classmethod
+    def for_generator(cls, generator, **options) -> "Tiling":
+        """The tiling of ``generator``'s networks (its UNet's downsampling sets ``align``), options checked."""
+        return cls(**options, align=unet_alignment(generator.unet))
+
+    def eps(self, generator, unet: nn.Module, z_t: Tensor, tau, context: Tensor | None = None) -> Tensor:
+        """``generator.unet_eps(unet, …)`` over latent tiles, blended: ε (B, 4, h, w)."""
         tau = torch.as_tensor(tau, device=z_t.device, dtype=torch.float32).reshape(-1).expand(z_t.shape[0])
         context = generator.context if context is None else context  # per-image prompts: one context per sample
         per_sample = context.shape[0] > 1
 
         def one(z: Tensor, i: Tensor) -> Tensor:
-            return eps(z, tau[i], context[i] if per_sample else context)
+            return generator.unet_eps(unet, z, tau[i], context[i] if per_sample else context)
 
-        return tiled_map(one, z_t, tile, overlap, align=align, max_cells=max_cells, sigma=sigma,
-                         shared_norms=generator.unet if shared_norms != "none" else None)
+        return tiled_map(one, z_t, self.tile, self.overlap, align=self.align, max_cells=self.max_cells,
+                         sigma=self.sigma, shared_norms=unet if self.shared_norms != "none" else None)
 
-    def tiled_encode(x: Tensor, return_dict: bool = True):
-        moments = tiled_map(lambda t, i: encode(t).latent_dist.parameters, x, vae_tile, vae_overlap,
-                            scale_in=factor, max_cells=max_cells, sigma=sigma,
-                            shared_norms=vae if shared_norms == "all" else None)
-        dist = DiagonalGaussianDistribution(moments)
-        return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
+    def encode(self, vae, x: Tensor):
+        """The encoder's latent distribution of x (B, 3, H, W), its moments blended in latent space."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    def tiled_decode(z: Tensor, return_dict: bool = True, **kwargs):
-        x = tiled_map(lambda t, i: decode(t, **kwargs).sample, z, vae_tile, vae_overlap, scale_out=factor,
-                      max_cells=max_cells, sigma=sigma, shared_norms=vae if shared_norms == "all" else None)
-        return DecoderOutput(sample=x) if return_dict else (x,)
+        moments = tiled_map(lambda t, i: vae.encode(t).latent_dist.parameters, x, self.vae_tile, self.vae_overlap,
+                            scale_in=vae_factor(vae), max_cells=self.max_cells, sigma=self.sigma,
+                            shared_norms=vae if self.shared_norms == "all" else None)
+        return DiagonalGaussianDistribution(moments)
 
-    generator.eps, vae.encode, vae.decode = tiled_eps, tiled_encode, tiled_decode
+    def decode(self, vae, z: Tensor) -> Tensor:
+        """The decoder's image of z (B, 4, h, w) (already divided by the scaling factor), blended in pixel space."""
+        return tiled_map(lambda t, i: vae.decode(t).sample, z, self.vae_tile, self.vae_overlap,
+                         scale_out=vae_factor(vae), max_cells=self.max_cells, sigma=self.sigma,
+                         shared_norms=vae if self.shared_norms == "all" else None)
+
+
+@contextmanager
+def tiled_inference(generator, **options) -> Iterator[Tiling]:
+    """Within the block, ``generator`` runs its UNet, VAE encoder and decoder over tiles: ``generator.tiling`` is
+    ``Tiling.for_generator(generator, **options)`` (see :class:`Tiling` for the options), and what it was before
+    comes back after the block, however it ends."""
+    tiling = Tiling.for_generator(generator, **options)
+    previous = generator.tiling
+    generator.tiling = tiling
     try:
-        yield
-    finally:  # the instance attributes shadowed the methods; removing them restores the methods
-        del generator.eps, vae.encode, vae.decode
+        yield tiling
+    finally:
+        generator.tiling = previous

@@ -13,12 +13,10 @@ any image failed. Existing outputs are kept unless ``--overwrite``; nothing is e
 from __future__ import annotations
 
 import argparse
-import copy
 import errno
 import os
 import re
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -31,7 +29,7 @@ from ctsr.checkpoints import atomic_write, check_writable, sweep_temp_files
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, peek_size, read_image, write_image
 from ctsr.errors import ArgumentParser, ConfigError, CTSRError, check, describe, shown
 from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
-from ctsr.inference.tiling import SHARED_NORMS, lr_multiple, pad_to_multiple, tiled_inference
+from ctsr.inference.tiling import SHARED_NORMS, Tiling, lr_multiple, pad_to_multiple
 
 # write errors that end the run (one line naming the file; the images written before are kept)
 STOPPING_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
@@ -74,30 +72,16 @@ def check_t_values(model, ts: Sequence[float]) -> list[float]:
 def prepare_model(model, device: torch.device, dtype: torch.dtype, compile: bool = False):
     """Ready a ``ControllableSR`` for inference, in place, and return (T_S UNet, student UNet or None).
 
-    The UNet's control adapter becomes two plain UNets: T_S (the adapter dropped: what ``z0`` runs with the adapter
-    off) and the student S (the adapter merged into a copy: what the control step runs with it on). A LoRA left
-    unmerged costs two extra small matmuls in each of ~700 layers on every pass; two plain UNets cost 1.7 GB more
-    (bf16) and run exactly the bare diffusers graph. The VAE encoder's stage-1 LoRA is merged too, the text encoder
-    released, UNet and VAE moved to ``device`` in ``dtype`` (the noise schedule stays float32). ``compile``:
-    ``torch.compile`` the UNets and both VAE halves. Afterwards the model's own ``z0``/``sweep`` no longer apply
-    (no adapter to switch off): use :class:`Upscaler`.
+    The control adapter becomes two plain UNets (:meth:`~ctsr.models.control.ControllableSR.split_networks`: T_S in
+    ``generator.unet``, the student S in ``student_unet``), the VAE encoder's stage-1 LoRA is merged, the text
+    encoder released, UNet and VAE moved to ``device`` in ``dtype`` (the noise schedule stays float32).
+    ``compile``: ``torch.compile`` the UNets and both VAE halves.
     """
-    from ctsr.models.lora import merge_and_remove_lora
-
     gen = model.generator
     model.eval().requires_grad_(False)
-    if getattr(gen.vae, "_hf_peft_config_loaded", False):
-        merge_and_remove_lora(gen.vae)
+    model.split_networks()
     gen.prompts.release()
-    student = None
-    if getattr(gen.unet, "_hf_peft_config_loaded", False):
-        if getattr(model, "supports_control", True):
-            student = merge_and_remove_lora(copy.deepcopy(gen.unet))      # S = T_S + control LoRA
-        with torch.no_grad():
-            for name, p in gen.unet.named_parameters():
-                if "lora_B" in name:
-                    p.zero_()                                            # ΔW = B·A = 0: merging leaves T_S exact
-        merge_and_remove_lora(gen.unet)
+    student = model.student_unet
     model.to(device)
     unets = [gen.unet] + ([student] if student is not None else [])
     for module in (*unets, gen.vae):  # nn.Module.to: diffusers' own `to` warns about fp32 modules it has none of
@@ -108,22 +92,16 @@ def prepare_model(model, device: torch.device, dtype: torch.dtype, compile: bool
     return gen.unet, student
 
 
-@contextmanager
-def _running(generator, unet):
-    """``generator.unet`` is ``unet`` inside the block (``generator.eps`` reads it at call time)."""
-    previous = generator.unet
-    generator.unet = unet
-    try:
-        yield
-    finally:
-        generator.unet = previous
-
-
 class Upscaler:
     """A CTSR model ready to upscale tensors of any size: device, precision, tiling, colour correction.
 
+    Its state is explicit: the model's two networks (``teacher_unet`` = T_S, ``student_unet`` = S, split by
+    :func:`prepare_model`), ``tiling`` (set as the generator's: its networks run over tiles), ``color``; what
+    :meth:`prepare` computes for an input (z0, the velocity, the colour reference) is an :class:`UpscaleState`
+    that :meth:`render` reads for any t.
+
     Args:
-        model: a ``ControllableSR`` (from :func:`ctsr.models.export.load_model`); prepared in place.
+        model: a ``ControllableSR`` (from :func:`ctsr.models.control.load_model`); prepared in place.
         device: ``cuda``, ``cuda:1``, ``cpu``; default CUDA when there is one.
         precision: weights and activations of UNet and VAE; ``auto``: bf16 on CUDA, fp32 on the CPU.
         tile, tile_overlap: UNet tiles in latent pixels (1 latent pixel = 8 output pixels); 0: never tile (the
@@ -159,14 +137,22 @@ class Upscaler:
         vae_overlap = 0 if vae_tile == 0 else vae_overlap
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
-        self.tiling = dict(tile=tile, overlap=tile_overlap, vae_tile=vae_tile, vae_overlap=vae_overlap,
-                           max_cells=batch_size * REFERENCE_CELLS, shared_norms=shared_norms)
         self.color, self.batch_size = color, batch_size
         self.model = model
         self.last_prompts: list[str] | None = None
-        with tiled_inference(model.generator, **self.tiling):  # validates the tile options before any work
-            pass
+        self.tiling = Tiling.for_generator(model.generator, tile=tile, overlap=tile_overlap, vae_tile=vae_tile,
+                                           vae_overlap=vae_overlap, max_cells=batch_size * REFERENCE_CELLS,
+                                           shared_norms=shared_norms)  # validated before any work
         self.teacher_unet, self.student_unet = prepare_model(model, self.device, self.dtype, compile)
+
+    @property
+    def tiling(self) -> Tiling:
+        """How the model's networks run over tiles (the generator's ``tiling``); set a new one to change it."""
+        return self.model.generator.tiling
+
+    @tiling.setter
+    def tiling(self, tiling: Tiling) -> None:
+        self.model.generator.tiling = tiling
 
     @property
     def pad_multiple(self) -> int:
@@ -193,13 +179,9 @@ class Upscaler:
             prompts = prompter.pin(gen, x, "lr")
             context = gen.context
         try:
-            with tiled_inference(gen, **self.tiling):
-                with _running(gen, self.teacher_unet):
-                    z0 = gen.latent(x_pad.to(self.dtype), sample=False)         # z0 = G_TS(x_LR), DESIGN §6
-                if with_velocity and self.student_unet is not None and getattr(self.model, "constant_velocity",
-                                                                               False):
-                    with _running(gen, self.student_unet):
-                        velocity = self.model.control_velocity(z0)               # v: one pass for every t
+            z0 = self.model.z0(x_pad.to(self.dtype))                         # z0 = G_TS(x_LR), DESIGN §6
+            if with_velocity and self.student_unet is not None and getattr(self.model, "constant_velocity", False):
+                velocity = self.model.control_velocity(z0)                   # v: one pass for every t
         finally:
             if prompter is not None:
                 prompter.unpin(gen)
@@ -217,10 +199,8 @@ class Upscaler:
         gen = self.model.generator
         if state.context is not None:
             gen.use_context(state.context)  # this batch's per-image prompts (another batch may have come between)
-        with tiled_inference(gen, **self.tiling):
-            with _running(gen, self.teacher_unet if self.student_unet is None else self.student_unet):
-                z = self.model.controlled_latent(state.z0, t, state.velocity)   # z(t), DESIGN §6
-            out = (gen.decode(z) + 1) / 2
+        z = self.model.controlled_latent(state.z0, t, state.velocity)       # z(t), DESIGN §6
+        out = (gen.decode(z) + 1) / 2
         h, w = state.size
         s = self.scale
         return color_fix(out[..., : s * h, : s * w], state.reference, self.color)

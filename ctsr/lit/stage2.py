@@ -5,10 +5,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ctsr.diffusion.control_rule import ControlPath, ControlRule, Objective
 from ctsr.errors import check
 from ctsr.lit.common import LoRACheckpointMixin, adamw
 from ctsr.lit.prompting import GroundTruthPrompts
-from ctsr.losses.stage2 import Objective, Path, TeacherInput, TSampler, stage2_terms
+from ctsr.losses.stage2 import T_SAMPLERS, TEACHER_INPUTS, TeacherInput, TSampler, stage2_terms
 from ctsr.models.control import ControllableSR, read_stage1_lora
 from ctsr.models.generator import OneStepGenerator
 from ctsr.models.teachers import AnchoredTeacher
@@ -41,6 +42,10 @@ class ControllabilityDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.Lig
     trained (:mod:`ctsr.losses.stage2`): by default the endpoint objective ‖ε_S(z0, τ_c) − (z_f − z0)‖², so that
     z(t) = z0 + t·ε_S(z0, τ_c) — t = 0 the stage-1 output (realness end), t = 1 the fidelity teacher's latent.
 
+    ``path``, ``objective``, ``tau_max``, ``tau_c`` and ``control_steps`` make the model's
+    :class:`~ctsr.diffusion.control_rule.ControlRule` (validated there; what the loss trains and the exported model
+    evaluates).
+
     Args:
         generator: the same generator config as stage 1 (base model, OSEDiff file, ranks, prompt).
         stage1_ckpt: the stage-1 checkpoint (``.ckpt`` or exported ``.safetensors``) whose LoRA becomes T_S.
@@ -67,7 +72,7 @@ class ControllabilityDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.Lig
         generator: OneStepGenerator,
         stage1_ckpt: str | None,
         fidelity_teacher: AnchoredTeacher | None = None,
-        path: Path = "fidelity",
+        path: ControlPath = "fidelity",
         objective: Objective = "endpoint",
         teacher_input: TeacherInput = "z0",
         tau_max: float = 999.0,
@@ -82,14 +87,13 @@ class ControllabilityDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.Lig
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        check(path in ("fidelity", "noise", "denoise"), "model.path", f"must be fidelity, noise or denoise, got {path!r}")
-        check(objective in ("endpoint", "eq8"), "model.objective", f"must be endpoint or eq8, got {objective!r}")
-        check(teacher_input in ("z0", "path"), "model.teacher_input", f"must be z0 or path, got {teacher_input!r}")
+        # the control rule: validated by ControlRule, its errors naming this module's YAML keys
+        rule = ControlRule.checked("model.", path=path, objective=objective, tau_max=tau_max, tau_c=tau_c,
+                                   control_steps=control_steps)
+        check(teacher_input in TEACHER_INPUTS, "model.teacher_input", f"must be z0 or path, got {teacher_input!r}")
         check(objective == "eq8" or teacher_input == "z0", "model.teacher_input",
               "'path' (Algorithm 2) is an option of objective eq8; the endpoint objective reads the teacher at z0")
-        check(t_sampler in ("order", "uniform"), "model.t_sampler", f"must be order or uniform, got {t_sampler!r}")
-        check(0 < tau_max <= 999, "model.tau_max", f"must lie in (0, 999], got {tau_max}")
-        check(0 <= tau_c <= 999, "model.tau_c", f"must lie in [0, 999], got {tau_c}")
+        check(t_sampler in T_SAMPLERS, "model.t_sampler", f"must be order or uniform, got {t_sampler!r}")
         check(path != "fidelity" or fidelity_teacher is not None, "model.fidelity_teacher",
               "the fidelity path needs a fidelity teacher (an AnchoredTeacher)")
         check(lr > 0, "model.lr", f"must be > 0, got {lr}")
@@ -100,13 +104,10 @@ class ControllabilityDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.Lig
             check_stage1_fits(stage1_config, generator.config, stage1_ckpt)
         else:
             rank_zero_warn("stage1_ckpt is null: T_S is the generator as built (no stage-1 weights)")
-        self.model = ControllableSR.from_stage1(
-            generator, stage1, control_rank=control_rank, tau_max=tau_max, control_steps=control_steps,
-            objective=objective, path=path, tau_c=tau_c,
-        )
+        self.model = ControllableSR.from_stage1(generator, stage1, control_rank=control_rank, rule=rule)
         if init_from:
             from ctsr.models.control import load_into, read_control_lora
-            from ctsr.models.export import resolve_model_spec
+            from ctsr.models.sources import resolve_model_spec
 
             load_into(self.model.generator.unet, read_control_lora(resolve_model_spec(init_from)), "init_from")
         self.fidelity_teacher = fidelity_teacher
@@ -121,14 +122,12 @@ class ControllabilityDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.Lig
 
     def stage2_terms(self, x_lr: torch.Tensor, generator: torch.Generator | None = None,
                      record=None) -> dict[str, torch.Tensor]:
-        """The stage-2 loss of one batch (:func:`ctsr.losses.stage2.stage2_terms`, shared with the toy lab)."""
+        """The stage-2 loss of one batch (:func:`ctsr.losses.stage2.stage2_terms`, shared with the toy lab), for the
+        model's control rule."""
         h = self.hparams
-        z_f = self.fidelity_teacher.condition(x_lr) if h.path == "fidelity" else None
-        return stage2_terms(
-            self.model, x_lr, generator, objective=h.objective, path=h.path, teacher_input=h.teacher_input,
-            tau_max=h.tau_max, tau_c=h.tau_c, t_sampler=h.t_sampler, z_f=z_f, schedule=self.generator.schedule,
-            record=record,
-        )
+        z_f = self.fidelity_teacher.condition(x_lr) if self.model.rule.path == "fidelity" else None
+        return stage2_terms(self.model, x_lr, generator, teacher_input=h.teacher_input, t_sampler=h.t_sampler,
+                            z_f=z_f, schedule=self.generator.schedule, record=record)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.stage2_terms(batch["lr"], self.noise_generator(batch["lr"].device, self.hparams.seed))
@@ -151,7 +150,7 @@ class ControllabilityDistillation(GroundTruthPrompts, LoRACheckpointMixin, L.Lig
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["ctsr_stage1_lora"] = self.model.stage1_lora
-        checkpoint["ctsr_control"] = self.model.control_config
+        checkpoint["ctsr_control"] = self.model.rule.to_dict()
 
     def configure_optimizers(self):
         h = self.hparams

@@ -1,7 +1,8 @@
 """Stage-2 objectives: controllability distillation (paper eq. 5–9, Algorithm 2; DESIGN §6).
 
 A control path z(t) = z0 + P(t), P(0) = 0, defines the target. Two objectives (``objective``) train the student
-ε_S; each is trained exactly where :class:`~ctsr.models.control.ControllableSR` evaluates it:
+ε_S; each is trained exactly where :class:`~ctsr.models.control.ControllableSR` evaluates it. Objective, path, τ_max
+and τ_c are the model's :class:`~ctsr.diffusion.control_rule.ControlRule` (``model.rule``):
 
 ``endpoint`` (default; chosen by the toy lab, ``results/toy/report.md``)
     fidelity path:  L = ‖ε_S(z0, τ_c, c) − (z_f − z0)‖²     inference z(t) = z0 + t·v, v = ε_S(z0, τ_c): ONE
@@ -29,12 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ctsr.diffusion.control_rule import ControlPath, ControlRule, Objective
 from ctsr.diffusion.schedule import NoiseSchedule, tau_of_t
 
-Path = Literal["fidelity", "noise", "denoise"]
 TeacherInput = Literal["z0", "path"]
-Objective = Literal["endpoint", "eq8"]
 TSampler = Literal["order", "uniform"]
+TEACHER_INPUTS: tuple[str, ...] = TeacherInput.__args__
+T_SAMPLERS: tuple[str, ...] = TSampler.__args__
+__all__ = ["ControlModel", "ControlPath", "Objective", "TSampler", "TeacherInput", "control_loss", "control_targets",
+           "endpoint_loss", "path_offset", "sample_t", "sample_t_pairs", "stage2_terms"]
 EpsFn = Callable[[Tensor, Tensor], Tensor]  # (z, τ (B,)) → ε
 
 
@@ -69,7 +73,7 @@ def sample_t_pairs(
 
 
 def path_offset(
-    path: Path,
+    path: ControlPath,
     z0: Tensor,
     t: Tensor,
     z_in: Tensor | None = None,
@@ -95,7 +99,7 @@ def path_offset(
 
 
 def control_targets(
-    path: Path,
+    path: ControlPath,
     z0: Tensor,
     t: Tensor,
     t2: Tensor,
@@ -128,6 +132,8 @@ def endpoint_loss(eps_s: Tensor, target: Tensor, t: Tensor | None = None) -> Ten
 class ControlModel(Protocol):
     """What :func:`stage2_terms` needs of a model (``ControllableSR`` and the toy lab's model both are one)."""
 
+    rule: ControlRule
+
     def z0(self, x_lr: Tensor) -> Tensor: ...
     def teacher_eps(self, z: Tensor, tau: Tensor) -> Tensor: ...
     def velocity(self, z: Tensor, tau: Tensor) -> Tensor: ...
@@ -138,18 +144,18 @@ def stage2_terms(
     x_lr: Tensor,
     generator: torch.Generator | None = None,
     *,
-    objective: Objective = "endpoint",
-    path: Path = "fidelity",
     teacher_input: TeacherInput = "z0",
-    tau_max: float = 999.0,
-    tau_c: float = 0.0,
     t_sampler: TSampler = "order",
     z_f: Tensor | None = None,
     schedule: NoiseSchedule | None = None,
     record: Callable[[Tensor, Tensor], None] | None = None,
 ) -> dict[str, Tensor]:
-    """One stage-2 loss: ``{"loss", "t_mean", "delta_mean"}``. The one implementation of the objective, used by the
-    LightningModule and the toy lab. ``record(z, τ)`` (tests) sees every input pair the student is queried at."""
+    """One stage-2 loss: ``{"loss", "t_mean", "delta_mean"}``, for ``model.rule`` (objective, path, τ_max, τ_c). The
+    one implementation of the objective, used by the LightningModule and the toy lab. ``teacher_input`` and
+    ``t_sampler``: eq8's training options; ``z_f``: the fidelity teacher's latent (fidelity path). ``record(z, τ)``
+    (tests) sees every input pair the student is queried at."""
+    rule = model.rule
+    objective, path, tau_max, tau_c = rule.objective, rule.path, rule.tau_max, rule.tau_c
     z0 = model.z0(x_lr)                                                   # G_TS(x_LR), no grad
     b = z0.shape[0]
     kw = dict(teacher_eps=model.teacher_eps, z_f=z_f, tau_max=tau_max, schedule=schedule)
@@ -172,8 +178,6 @@ def stage2_terms(
             p_t = path_offset(path, z0, t, **kw)
         loss = endpoint_loss(student(z0, tau_of_t(t, tau_max)), p_t, t)  # ‖t·ε_S(z0, τ(t)) − P(t)‖²
         return {"loss": loss, "t_mean": t.mean(), "delta_mean": t.mean()}
-    if objective != "eq8":
-        raise ValueError(f"unknown stage-2 objective {objective!r} (endpoint | eq8)")
     t, t2 = sample_t_pairs(b, generator, z0.device, sampler=t_sampler)
     p_t, p_t2, z_t = control_targets(path, z0, t, t2, teacher_input, **kw)
     eps_s = student(z_t, tau_of_t(t, tau_max))                            # ε_S(z_t, τ(t), c)

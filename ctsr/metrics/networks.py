@@ -5,20 +5,24 @@ per-image scores (B,); the FID builder returns a feature extractor (B, 3, H, W) 
 
 ``weights='random'`` is a test-only mode: the SAME classes, with random backbones instead of downloaded files
 (seeded, so scores are reproducible, and the global RNG is left untouched). A few libraries load backbone weights
-unconditionally in their constructors; for those, the loader is replaced for the duration of the build only:
+unconditionally in their constructors; those classes are assembled explicitly here (:func:`_assemble`: the class's
+own modules and attributes, its own ``forward``, the backbone built without a download), and
+``tests/test_metrics.py`` checks each assembly against the library's constructor:
 
-- lpips: pyiqa ``LPIPS(net='alex', pretrained=False)``; its torchvision AlexNet is built with ``weights=None``, the
-  random linear heads made non-negative as trained ones are.
+- lpips: pyiqa ``LPIPS`` (AlexNet, v0.1 heads) around torchvision's AlexNet built with ``weights=None``, the random
+  linear heads made non-negative as trained ones are.
 - lpips_vgg: ``build_lpips('random')`` (the lpips package: random VGG16 and linear heads).
-- dists: pyiqa ``DISTS(pretrained=False)``; its torchvision VGG16 is built with ``weights=None``.
-- fid: pyiqa's FID Inception-v3 with its weight loading skipped and He-initialised convolutions.
+- dists: pyiqa ``DISTS`` around torchvision's VGG16 built with ``weights=None``.
+- fid: pyiqa's FID Inception-v3 (``InceptionV3`` over the FID blocks) without its weights, He-initialised
+  convolutions.
 - niqe: pyiqa ``NIQE`` reading a generated parameter file: a random pristine mean and a random positive-definite
   covariance (36 features), instead of ``niqe_modelparameters.mat``.
 - musiq: pyiqa ``MUSIQ(pretrained=False)`` (the KonIQ architecture: one output).
-- maniqa: pyiqa ``MANIQA(pretrained=False)`` with timm's ViT-B/8 built ``pretrained=False``; it scores ONE 224x224
-  crop per image instead of 20 (ViT-B/8 takes seconds per crop on a CPU).
+- maniqa: pyiqa ``MANIQA`` (PIPAL configuration) around timm's ViT-B/8 built ``pretrained=False``; it scores ONE
+  224x224 crop per image instead of 20 (ViT-B/8 takes seconds per crop on a CPU).
 - clipiqa: pyiqa ``CLIPIQA`` on a randomly initialised CLIP RN50 (OpenAI's RN50 configuration) instead of RN50.pt;
-  the prompts are tokenised with the BPE vocabulary shipped in the ``clip`` package.
+  the prompts are tokenised with the BPE vocabulary shipped in the ``clip`` package. With pretrained weights the
+  same assembly holds OpenAI's RN50 read as tensors only (:func:`_clip_tensors_only`).
 """
 from __future__ import annotations
 
@@ -29,8 +33,8 @@ import tempfile
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from collections import OrderedDict
 from typing import Literal
-from unittest import mock
 
 import numpy as np
 import torch
@@ -39,7 +43,7 @@ from torch import Tensor, nn
 
 from ctsr.checkpoints import weights_only_loads
 from ctsr.errors import ConfigError, describe, shown
-from ctsr.losses.perceptual import build_lpips
+from ctsr.nets.lpips import build_lpips
 from ctsr.metrics.functional import ColorSpace, psnr, ssim
 
 Weights = Literal["pretrained", "random"]
@@ -239,11 +243,7 @@ def _build_scorer(name: str, random: bool) -> nn.Module:
     weights: Weights = "random" if random else "pretrained"
     if name == "lpips":  # pyiqa's LPIPS-Alex: sr is its first input, hr the reference, as pyiqa's forward
         if random:
-            import torchvision
-
-            alexnet = torchvision.models.alexnet
-            with mock.patch("torchvision.models.alexnet", lambda *a, **k: alexnet(weights=None)):
-                net = _pyiqa_net(name, pretrained=False)
+            net = random_lpips_alex()
             with torch.no_grad():  # trained LPIPS heads are non-negative (a distance); so are the random ones
                 for lin in net.lins:
                     lin.model[-1].weight.abs_()
@@ -254,11 +254,7 @@ def _build_scorer(name: str, random: bool) -> nn.Module:
         return _frozen(LPIPSScore(weights))
     if name == "dists":
         if random:
-            import torchvision
-
-            vgg16 = torchvision.models.vgg16
-            with mock.patch("torchvision.models.vgg16", lambda *a, **k: vgg16(weights=None)):
-                net = _pyiqa_net(name, pretrained=False)
+            net = random_dists()
         else:
             net = _pyiqa_net(name)
         return _frozen(PyiqaScore(net, full_reference=True, name=name))
@@ -272,20 +268,13 @@ def _build_scorer(name: str, random: bool) -> nn.Module:
         return _frozen(PyiqaScore(net, full_reference=False, name=name))
     if name == "maniqa":
         if random:
-            import timm
-
-            create = timm.create_model
-            with mock.patch("timm.create_model", lambda n, *a, pretrained=False, **k: create(n, *a, **k)):
-                net = _pyiqa_net(name, pretrained=False)
+            net = random_maniqa()
             net.test_sample = 1
         else:
             net = _pyiqa_net(name)
         return _frozen(PyiqaScore(net, full_reference=False, name=name))
     if name == "clipiqa":
-        with _openai_clip_importable():
-            from pyiqa.archs import clipiqa_arch
-        with mock.patch.object(clipiqa_arch, "load", _random_clip_rn50 if random else _clip_tensors_only):
-            net = _pyiqa_net(name)
+        net = clipiqa(_random_clip_rn50() if random else _clip_tensors_only("RN50"))
         return _frozen(PyiqaScore(net, full_reference=False, name=name))
     raise ValueError(f"no learned scorer for metric {name!r}")
 
@@ -298,8 +287,8 @@ def build_fid_features(weights: Weights = "pretrained") -> CleanFIDInception:
     from ctsr.metrics.weight_files import check_present
 
     if weights == "random":
-        with _seeded(), mock.patch.object(inception, "load_pretrained_network", lambda *a, **k: None):
-            net = inception.InceptionV3(output_blocks=[3], resize_input=False, normalize_input=False)
+        with _seeded():
+            net = random_fid_inception()
             for m in net.modules():  # He init keeps activations O(1) through the 40-odd conv-BN-ReLU layers
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -308,3 +297,146 @@ def build_fid_features(weights: Weights = "pretrained") -> CleanFIDInception:
         with weights_only_loads("metric 'fid' weights"):
             net = inception.InceptionV3(output_blocks=[3], resize_input=False, normalize_input=False)
     return _frozen(CleanFIDInception(net))
+
+
+# -- explicit constructions: the libraries' classes without the downloads in their constructors ---------------------
+def _assemble(cls: type[nn.Module], parts: dict, buffers: dict[str, Tensor] | None = None) -> nn.Module:
+    """An instance of ``cls`` made of ``parts`` (submodules, parameters and plain attributes, registered in this
+    order, as the constructor registers them) and ``buffers``, instead of by ``cls.__init__``, which downloads
+    weights: the same class, its own ``forward``. ``tests/test_metrics.py`` builds each class with its constructor
+    (downloads stubbed in the test) and checks the assembly holds the same state, attributes and outputs."""
+    obj = cls.__new__(cls)
+    nn.Module.__init__(obj)
+    for key, value in parts.items():
+        setattr(obj, key, value)
+    for key, value in (buffers or {}).items():
+        obj.register_buffer(key, value)
+    return obj
+
+
+def _renamed(layers: nn.Sequential, start: int) -> list[tuple[str, nn.Module]]:
+    """(name, layer) pairs named by their index in the network they come from (as ``add_module(str(x), …)``)."""
+    return [(str(start + i), m) for i, m in enumerate(layers)]
+
+
+def random_lpips_alex() -> nn.Module:
+    """pyiqa's ``LPIPS(net='alex', version='0.1')`` with torchvision's AlexNet built ``weights=None`` (pyiqa's
+    ``alexnet`` wrapper loads ImageNet weights whatever ``pretrained`` says) and random linear heads."""
+    import torchvision
+    from pyiqa.archs import lpips_arch
+
+    features = torchvision.models.alexnet(weights=None).features
+    cuts = (0, 2, 5, 8, 10, 12)
+    backbone = _assemble(lpips_arch.alexnet, {
+        **{f"slice{k + 1}": nn.Sequential(OrderedDict(_renamed(features[a:b], a)))
+           for k, (a, b) in enumerate(zip(cuts, cuts[1:]))},
+        "N_slices": 5})
+    backbone.requires_grad_(False)
+    chns = [64, 192, 384, 256, 256]
+    parts = dict(pnet_type="alex", pnet_tune=False, pnet_rand=False, spatial=False, lpips=True, version="0.1",
+                 scaling_layer=lpips_arch.ScalingLayer(), semantic_weight_layer=-1, chns=chns, L=len(chns),
+                 net=backbone)
+    lins = [lpips_arch.NetLinLayer(c, use_dropout=True) for c in chns]
+    parts.update({f"lin{k}": lin for k, lin in enumerate(lins)}, lins=nn.ModuleList(lins))
+    return _assemble(lpips_arch.LPIPS, parts).eval()
+
+
+def random_dists() -> nn.Module:
+    """pyiqa's ``DISTS`` with torchvision's VGG16 built ``weights=None`` (pyiqa loads ImageNet weights always)."""
+    import torchvision
+    from pyiqa.archs import dists_arch
+
+    vgg = torchvision.models.vgg16(weights=None).features
+    stages = {"stage1": nn.Sequential(OrderedDict(_renamed(vgg[0:4], 0)))}
+    for k, (pool, end, channels) in enumerate(((4, 9, 64), (9, 16, 128), (16, 23, 256), (23, 30, 512)), start=2):
+        layers = [(str(pool), dists_arch.L2pooling(channels=channels))] + _renamed(vgg[pool + 1 : end], pool + 1)
+        stages[f"stage{k}"] = nn.Sequential(OrderedDict(layers))
+    chns = [3, 64, 128, 256, 512, 512]
+    net = _assemble(dists_arch.DISTS, stages, buffers={
+        "mean": torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1),
+        "std": torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1)})
+    net.requires_grad_(False)
+    net.chns = chns
+    net.alpha = nn.Parameter(torch.randn(1, sum(chns), 1, 1).normal_(0.1, 0.01))
+    net.beta = nn.Parameter(torch.randn(1, sum(chns), 1, 1).normal_(0.1, 0.01))
+    return net
+
+
+def random_maniqa() -> nn.Module:
+    """pyiqa's ``MANIQA`` (its defaults, PIPAL's configuration) around timm's ViT-B/8 built ``pretrained=False``
+    (pyiqa's constructor asks timm for the pretrained ViT always)."""
+    import timm
+    from pyiqa.archs import maniqa_arch
+    from pyiqa.archs.constants import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+    from timm.models.vision_transformer import Block
+
+    embed_dim, img_size, patch_size, num_tab, drop = 768, 224, 8, 2, 0.1
+    size = img_size // patch_size
+    swin = dict(patches_resolution=(size, size), depths=[2, 2], num_heads=[4, 4], window_size=4, dim_mlp=768,
+                scale=0.13)
+    vit, save_output = timm.create_model("vit_base_patch8_224", pretrained=False), maniqa_arch.SaveOutput()
+    for layer in vit.modules():
+        if isinstance(layer, Block):
+            layer.register_forward_hook(save_output)
+
+    def head(activation: nn.Module) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(embed_dim // 2, embed_dim // 2), nn.ReLU(), nn.Dropout(drop),
+                             nn.Linear(embed_dim // 2, 1), activation)
+
+    return _assemble(maniqa_arch.MANIQA, dict(
+        img_size=img_size, patch_size=patch_size, input_size=size, test_sample=20, patches_resolution=(size, size),
+        vit=vit, save_output=save_output,
+        tablock1=nn.ModuleList(maniqa_arch.TABlock(size**2) for _ in range(num_tab)),
+        conv1=nn.Conv2d(embed_dim * 4, embed_dim, 1, 1, 0),
+        swintransformer1=maniqa_arch.SwinTransformer(embed_dim=embed_dim, **swin),
+        tablock2=nn.ModuleList(maniqa_arch.TABlock(size**2) for _ in range(num_tab)),
+        conv2=nn.Conv2d(embed_dim, embed_dim // 2, 1, 1, 0),
+        swintransformer2=maniqa_arch.SwinTransformer(embed_dim=embed_dim // 2, **swin),
+        fc_score=head(nn.ReLU()), fc_weight=head(nn.Sigmoid()),
+        default_mean=torch.Tensor(IMAGENET_INCEPTION_MEAN).view(1, 3, 1, 1),
+        default_std=torch.Tensor(IMAGENET_INCEPTION_STD).view(1, 3, 1, 1)))
+
+
+CLIPIQA_PROMPTS = ("Good image", "bad image", "Sharp image", "blurry image", "sharp edges", "blurry edges",
+                   "High resolution image", "low resolution image", "Noise-free image", "noisy image")
+
+
+def clipiqa(clip_model: nn.Module) -> nn.Module:
+    """pyiqa's ``CLIPIQA`` (``model_type='clipiqa'``, RN50, pyiqa's ten prompts) around ``clip_model``, instead of
+    the model its constructor loads with ``torch.jit.load`` (TorchScript can run code)."""
+    with _openai_clip_importable():
+        from pyiqa.archs import clipiqa_arch
+        from pyiqa.archs.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    clip_model.requires_grad_(False)
+    return _assemble(clipiqa_arch.CLIPIQA, dict(
+        clip_model=[clip_model],  # a list, as pyiqa keeps it: not a submodule, not in the state dict
+        prompt_pairs=clipiqa_arch.clip.tokenize(list(CLIPIQA_PROMPTS)), model_type="clipiqa", pos_embedding=False,
+        default_mean=torch.Tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1),
+        default_std=torch.Tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)))
+
+
+def random_fid_inception() -> nn.Module:
+    """pyiqa's ``InceptionV3(output_blocks=[3], resize_input=False, normalize_input=False)`` over the FID Inception
+    blocks (``fid_inception_v3`` without ``load_pretrained_network``), random weights."""
+    from pyiqa.archs import inception
+
+    net = inception._inception_v3(num_classes=1008, aux_logits=False, pretrained=False)
+    for name, block in (("Mixed_5b", inception.FIDInceptionA(192, pool_features=32)),
+                        ("Mixed_5c", inception.FIDInceptionA(256, pool_features=64)),
+                        ("Mixed_5d", inception.FIDInceptionA(288, pool_features=64)),
+                        ("Mixed_6b", inception.FIDInceptionC(768, channels_7x7=128)),
+                        ("Mixed_6c", inception.FIDInceptionC(768, channels_7x7=160)),
+                        ("Mixed_6d", inception.FIDInceptionC(768, channels_7x7=160)),
+                        ("Mixed_6e", inception.FIDInceptionC(768, channels_7x7=192)),
+                        ("Mixed_7b", inception.FIDInceptionE_1(1280)),
+                        ("Mixed_7c", inception.FIDInceptionE_2(2048))):
+        setattr(net, name, block)
+    blocks = nn.ModuleList([
+        nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2)),
+        nn.Sequential(net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2)),
+        nn.Sequential(net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c,
+                      net.Mixed_6d, net.Mixed_6e),
+        nn.Sequential(net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, nn.AdaptiveAvgPool2d(output_size=(1, 1)))])
+    out = _assemble(inception.InceptionV3, dict(resize_input=False, normalize_input=False, output_blocks=[3],
+                                                last_needed_block=3, blocks=blocks, fc=net.fc))
+    return out.requires_grad_(False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -94,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (base / "mini_base.json").is_file():
         run([py, "-m", "ctsr.mini.pretrain", "base", "--out", str(base), "--fidelity", "",
              "--vae-steps", *map(str, VAE_STEPS), "--unet-steps", str(UNET_STEPS)])
+    record = json.loads((base / "mini_base.json").read_text())
+    if not record.get("fp16"):  # the shipped base is float16; train on exactly those weights (read back as fp32)
         fp16_folder(base)
+        (base / "mini_base.json").write_text(json.dumps({**record, "fp16": True}, indent=1) + "\n")
     where = [f"--model.init_args.generator.init_args.pretrained={base}",
              f"--model.init_args.fidelity_teacher.init_args.sr_model={fidelity}"]
     runs = out / "runs"

@@ -48,6 +48,7 @@ def evaluate(model_path: str | Path, test_dir: str | Path = "data/mini/test", re
              "RealESRGAN_x4plus.pth", fidelity: str = "mini", t_grid=T_GRID, keep_images: str | None = None
              ) -> dict:
     """Per-row mean scores over the test photos, and the images of the first photo for the figure."""
+    from ctsr.inference.tiling import pad_to_multiple
     from ctsr.inference.upscale import Upscaler
     from ctsr.metrics.functional import psnr, quantize_8bit, ssim
     from ctsr.metrics.networks import build_scorer
@@ -72,6 +73,11 @@ def evaluate(model_path: str | Path, test_dir: str | Path = "data/mini/test", re
         for i, (name, lr, hr) in enumerate(_pairs(Path(test_dir))):
             outs = {"bicubic": F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)}
             outs.update({k: net(lr).float().clamp(0, 1) for k, net in teachers.items()})
+            gen = upscaler.model.generator  # what the student's frozen VAE can draw: each teacher's image round-trip
+            for key in ("realness_teacher", "fidelity_teacher"):
+                h, w = outs[key].shape[-2:]
+                x = pad_to_multiple(outs[key], 8)  # the VAE's factor
+                outs[f"{key}_vae"] = ((gen.decode(gen.encode_base(x * 2 - 1)) + 1) / 2)[..., :h, :w].clamp(0, 1)
             outs.update({f"t={t:g}": sr.cpu() for t, sr in zip(t_grid, upscaler(lr, list(t_grid)))})
             x_r = quantize_8bit(outs["realness_teacher"])
             for row, sr in outs.items():
@@ -133,6 +139,9 @@ def summarise(result: dict, t_grid, model_path: str | Path) -> dict:
         "bicubic": m["bicubic"],
         "fidelity_teacher": m["fidelity_teacher"],
         "realness_teacher": m["realness_teacher"],
+        # each teacher's image through the student's VAE (encode, decode): the best the student can draw of it
+        "fidelity_teacher_vae": m["fidelity_teacher_vae"],
+        "realness_teacher_vae": m["realness_teacher_vae"],
         "test_images": result["images"],
         "model": {"file": Path(model_path).name, "sha256": sha256(model_path)},
         "protocol": "PSNR/SSIM on Y (BT.601, pyiqa ycbcr), NIQE (pyiqa, BasicSR's pristine parameters when pyiqa's "
@@ -196,7 +205,9 @@ def write_report(summary: dict, out: Path, pictures: list[str], notes: dict[str,
              f"{', '.join(summary['test_images'])}. {summary['protocol']}.", "",
              _row(["row", "PSNR↑", "SSIM↑", "NIQE↓", "PSNR to T_r"]), _row(["---"] * 5)]
     for key, label in (("bicubic", "bicubic"), ("fidelity_teacher", "fidelity teacher T_f"),
-                       ("realness_teacher", "realness teacher T_r (Real-ESRGAN x4plus)")):
+                       ("realness_teacher", "realness teacher T_r (Real-ESRGAN x4plus)"),
+                       ("fidelity_teacher_vae", "T_f's image through the student's VAE (t = 1's ceiling)"),
+                       ("realness_teacher_vae", "T_r's image through the student's VAE (t = 0's ceiling)")):
         r = summary[key]
         lines.append(_row([label, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['niqe']:.3f}",
                            f"{r['psnr_to_realness_teacher']:.2f}"]))

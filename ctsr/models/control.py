@@ -1,9 +1,12 @@
-"""The controllable CTSR model (DESIGN §6) and its export as stage-1 LoRA + stage-2 LoRA in safetensors.
+"""The controllable CTSR model (DESIGN §6), its export as stage-1 LoRA + stage-2 LoRA in safetensors, and the
+loaders of every trained file (:func:`load_model`: an exported ``.safetensors``, a stage-1 or stage-2 ``.ckpt``, a
+run folder, a CTSR folder or Hub id through :mod:`ctsr.models.sources`).
 
 Structure: one UNet with the stage-1 LoRA merged in (T_S) and a fresh ``control`` adapter (the student S); the
 VAE encoder keeps its stage-1 adapter (frozen). For x_LR and a control value t ∈ [0, 1] per sample,
 z0 = G_TS(x_LR) (UNet with the control adapter off), x = D(z(t)/s), and z(t) is evaluated exactly where the
-stage-2 objective trained the student (:mod:`ctsr.losses.stage2`):
+stage-2 objective trained the student (:mod:`ctsr.losses.stage2`), by the model's
+:class:`~ctsr.diffusion.control_rule.ControlRule`:
 
     endpoint, fidelity path   z(t) = z0 + t·v,  v = ε_S(z0, τ_c)        one velocity for every t
     endpoint, curved path     z(t) = z0 + t·ε_S(z0, τ(t))               one pass per t
@@ -16,10 +19,12 @@ previous outputs.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,12 +34,15 @@ from ctsr.checkpoints import (
     json_meta,
     load_checkpoint,
     read_safetensors,
+    require_finite,
     require_float_weights,
 )
+from ctsr.diffusion.control_rule import ControlRule
 from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, tau_of_t
-from ctsr.errors import ConfigError, MissingWeightsError, check, shown
+from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, check, describe, shown
 from ctsr.models.generator import OneStepGenerator
 from ctsr.models.lora import UNET_TARGETS, add_lora, merge_and_remove_lora
+from ctsr.models.sources import parse_hub_id, resolve_folder, resolve_model_spec, weights_file
 
 CONTROL = "control"
 FORMAT = "ctsr-controllable-v1"
@@ -99,9 +107,11 @@ def load_into(module: nn.Module, weights: dict[str, Tensor], what: str) -> None:
             own[k].copy_(v)
 
 
-Objective = Literal["endpoint", "eq8"]
-ControlPath = Literal["fidelity", "noise", "denoise"]
-TauRule = Literal["euler", "next"]
+def _rule_option(name: str) -> property:
+    """``model.<name>``: the option of ``model.rule``; setting it replaces the rule with a validated copy."""
+    return property(lambda self: getattr(self.rule, name),
+                    lambda self, value: setattr(self, "rule", self.rule.replace(**{name: value})),
+                    doc=f"``rule.{name}`` (:class:`~ctsr.diffusion.control_rule.ControlRule`).")
 
 
 class ControllableSR(nn.Module):
@@ -109,35 +119,30 @@ class ControllableSR(nn.Module):
 
     Args:
         generator: a ``OneStepGenerator`` whose UNet holds T_S (stage-1 LoRA merged) and a ``control`` adapter.
-        tau_max: τ(t) = t·tau_max.
-        control_steps: K of the eq8 objective's Euler integration (ignored by ``endpoint``).
-        objective: how the student was trained, hence how it is evaluated (module docstring).
-        path: the control path it was trained on (``endpoint`` evaluates the fidelity path with one velocity).
-        tau_c: the fixed timestep of the endpoint objective on the fidelity path.
-        tau_rule: eq8's timestep index, ``euler`` τ(t_k) (consistent with eq. 8) or ``next`` τ(t_{k+1}) (files
-            written before this option existed).
+        rule: how the student was trained, hence how it is evaluated (objective, path, τ_max, τ_c, K, τ rule; module
+            docstring); default :class:`ControlRule`'s defaults. Its options read (and set) as attributes too:
+            ``model.tau_c``, ``model.control_steps = 2``.
     """
 
     supports_control = True
+    tau_max = _rule_option("tau_max")
+    control_steps = _rule_option("control_steps")
+    objective = _rule_option("objective")
+    path = _rule_option("path")
+    tau_c = _rule_option("tau_c")
+    tau_rule = _rule_option("tau_rule")
 
-    def __init__(self, generator: OneStepGenerator, tau_max: float = GENERATOR_TIMESTEP, control_steps: int = 1,
-                 objective: Objective = "endpoint", path: ControlPath = "fidelity", tau_c: float = 0.0,
-                 tau_rule: TauRule = "euler"):
+    def __init__(self, generator: OneStepGenerator, rule: ControlRule | None = None):
         super().__init__()
-        check(0 < tau_max <= GENERATOR_TIMESTEP, "tau_max", f"must lie in (0, 999], got {tau_max}")
-        check(control_steps >= 1, "control_steps", f"must be ≥ 1, got {control_steps}")
-        check(objective in ("endpoint", "eq8"), "objective", f"must be endpoint or eq8, got {objective!r}")
-        check(path in ("fidelity", "noise", "denoise"), "path", f"must be fidelity, noise or denoise, got {path!r}")
-        check(0 <= tau_c <= GENERATOR_TIMESTEP, "tau_c", f"must lie in [0, 999], got {tau_c}")
-        check(tau_rule in ("euler", "next"), "tau_rule", f"must be euler or next, got {tau_rule!r}")
         self.generator = generator
-        self.tau_max = float(tau_max)
-        self.control_steps = int(control_steps)
-        self.objective, self.path, self.tau_c, self.tau_rule = objective, path, float(tau_c), tau_rule
+        self.rule = ControlRule() if rule is None else rule
         self.stage1_lora: dict[str, Tensor] = {}  # kept (unmerged, small) for export
         self.selected_t: float | None = None      # the t chosen on a validation split (`ctsr select-t`), if any
         self.selected_t_record: dict = {}         # its rule, split and scores, kept through a re-export
         self.source: dict | None = None           # the training run it comes from: {"run", "path", "stage", "step"}
+        # after split_networks() (inference): generator.unet is T_S alone and student_unet the student S
+        self.networks_split = False
+        self.student_unet: nn.Module | None = None
 
     @property
     def default_t(self) -> float:
@@ -147,14 +152,13 @@ class ControllableSR(nn.Module):
 
     @property
     def control_config(self) -> dict:
-        """What rebuilds the control rule (stored in checkpoints and exported files)."""
-        return {"tau_max": self.tau_max, "control_steps": self.control_steps, "objective": self.objective,
-                "path": self.path, "tau_c": self.tau_c, "tau_rule": self.tau_rule}
+        """What rebuilds the control rule (stored in checkpoints and exported files): ``rule.to_dict()``."""
+        return self.rule.to_dict()
 
     @classmethod
     def from_stage1(
         cls, generator: OneStepGenerator, stage1_lora: dict[str, Tensor] | None = None, control_rank: int = 4,
-        **kwargs,
+        rule: ControlRule | None = None,
     ) -> "ControllableSR":
         """Load the stage-1 LoRA into ``generator``, merge its UNet part (T_S), freeze everything, add ``control``."""
         check(control_rank >= 1, "control_rank", f"must be ≥ 1, got {control_rank}")
@@ -165,33 +169,61 @@ class ControllableSR(nn.Module):
         add_lora(generator.unet, control_rank, UNET_TARGETS, CONTROL)
         for n, p in generator.unet.named_parameters():
             p.requires_grad_(f"lora_A.{CONTROL}" in n or f"lora_B.{CONTROL}" in n)
-        model = cls(generator, **kwargs)
+        model = cls(generator, rule)
         model.stage1_lora = {k: v.detach().cpu().clone() for k, v in (stage1_lora or {}).items()}
         return model
 
-    # -- the two networks in one UNet ----------------------------------------------------------------------------
+    # -- the two networks in one UNet (or two, once split) ---------------------------------------------------------
+    @contextmanager
+    def _as_teacher(self) -> Iterator[None]:
+        """Within the block ``generator.unet`` is T_S: its control adapter off (nothing to switch once split)."""
+        if self.networks_split:
+            yield
+            return
+        self.generator.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.generator.unet.enable_adapters()
+
     def teacher_eps(self, z: Tensor, tau: Tensor) -> Tensor:
         """ε_TS(z, τ): the frozen stage-1 UNet (control adapter off), no gradient."""
-        with torch.no_grad():
-            self.generator.unet.disable_adapters()
-            try:
-                return self.generator.eps(z, tau)
-            finally:
-                self.generator.unet.enable_adapters()
+        with torch.no_grad(), self._as_teacher():
+            return self.generator.eps(z, tau)
 
     def velocity(self, z: Tensor, tau: Tensor) -> Tensor:
-        """ε_S(z, τ): the student (control adapter on)."""
-        return self.generator.eps(z, tau)
+        """ε_S(z, τ): the student (control adapter on; ``student_unet`` once split)."""
+        if self.student_unet is None:
+            return self.generator.eps(z, tau)
+        return self.generator.eps(z, tau, unet=self.student_unet)
 
     @torch.no_grad()
     def z0(self, x_lr: Tensor) -> Tensor:
         """The stage-1 output latent G_TS(x_LR): (B,3,h,w) in [0,1] → (B,4,h/2,w/2). Deterministic (the encoder's
         mode, also in training): T_S is a frozen teacher, and a sampled z0 would add noise the student cannot fit."""
-        self.generator.unet.disable_adapters()
-        try:
+        with self._as_teacher():
             return self.generator.latent(x_lr, sample=False)
-        finally:
-            self.generator.unet.enable_adapters()
+
+    def split_networks(self) -> None:
+        """For inference, in place and once: the control adapter becomes two plain UNets — T_S in ``generator.unet``
+        (the adapter dropped: what ``z0`` runs with it off) and the student S in ``student_unet`` (the adapter
+        merged into a copy: what the control step runs with it on) — and the VAE encoder's stage-1 LoRA is merged.
+        A LoRA left unmerged costs two extra small matmuls in each of ~700 layers on every pass; two plain UNets
+        cost 1.7 GB more (bf16) and run exactly the bare diffusers graph. ``z0``, ``velocity``,
+        ``controlled_latent`` and ``sweep`` then run on the two networks; a model without control keeps T_S only.
+        Training and export need the adapter: split a model only to run it."""
+        gen = self.generator
+        if getattr(gen.vae, "_hf_peft_config_loaded", False):
+            merge_and_remove_lora(gen.vae)
+        if getattr(gen.unet, "_hf_peft_config_loaded", False):
+            if self.supports_control:
+                self.student_unet = merge_and_remove_lora(copy.deepcopy(gen.unet))  # S = T_S + control LoRA
+            with torch.no_grad():
+                for name, p in gen.unet.named_parameters():
+                    if "lora_B" in name:
+                        p.zero_()                                                   # ΔW = B·A = 0: T_S exact
+            merge_and_remove_lora(gen.unet)
+        self.networks_split = True
 
     # -- control ------------------------------------------------------------------------------------------------
     def _check_t(self, t, batch: int, device) -> Tensor:
@@ -207,16 +239,12 @@ class ControllableSR(nn.Module):
 
     @property
     def constant_velocity(self) -> bool:
-        """True when z(t) = z0 + t·v with one v for every t (endpoint on the fidelity path; eq8 with one Euler
-        step, which evaluates ε_S at τ(0) whatever t)."""
-        if self.objective == "endpoint":
-            return self.path == "fidelity"
-        return self.control_steps == 1 and self.tau_rule == "euler"
+        """True when z(t) = z0 + t·v with one v for every t (:attr:`ControlRule.constant_velocity`)."""
+        return self.rule.constant_velocity
 
     def velocity_tau(self, batch: int, device) -> Tensor:
         """The timestep of the one velocity (``constant_velocity`` models): τ_c, or τ(0) = 0 for eq8 with K = 1."""
-        tau = self.tau_c if self.objective == "endpoint" else 0.0
-        return torch.full((batch,), tau, dtype=torch.float32, device=device)
+        return torch.full((batch,), self.rule.velocity_tau, dtype=torch.float32, device=device)
 
     def control_velocity(self, z0: Tensor) -> Tensor:
         """v with z(t) = z0 + t·v for every t: one student pass (``constant_velocity`` models only)."""
@@ -239,14 +267,15 @@ class ControllableSR(nn.Module):
         if self.constant_velocity:
             v = self.control_velocity(z0) if velocity is None else velocity
             return torch.where(t.reshape(-1, 1, 1, 1) > 0, self.move(z0, v, t), z0)
-        if self.objective == "endpoint":                      # curved path: z0 + t·ε_S(z0, τ(t))
-            z = self.move(z0, self.velocity(z0, tau_of_t(t, self.tau_max)), t)
+        rule = self.rule
+        if rule.objective == "endpoint":                      # curved path: z0 + t·ε_S(z0, τ(t))
+            z = self.move(z0, self.velocity(z0, tau_of_t(t, rule.tau_max)), t)
             return torch.where(t.reshape(-1, 1, 1, 1) > 0, z, z0)
-        z, k_steps = z0, self.control_steps                   # eq8: Euler steps along the learned field
+        z, k_steps = z0, rule.control_steps                   # eq8: Euler steps along the learned field
         for k in range(k_steps):
-            t_index = t * (k + 1 if self.tau_rule == "next" else k) / k_steps
+            t_index = t * (k + 1 if rule.tau_rule == "next" else k) / k_steps
             step = (t / k_steps).reshape(-1, 1, 1, 1).to(z.dtype)
-            z = z + step * self.velocity(z, tau_of_t(t_index, self.tau_max))
+            z = z + step * self.velocity(z, tau_of_t(t_index, rule.tau_max))
         return torch.where(t.reshape(-1, 1, 1, 1) > 0, z, z0)
 
     def forward(self, x_lr: Tensor, t=None) -> Tensor:
@@ -297,11 +326,9 @@ class ControllableSR(nn.Module):
     def from_pretrained(cls, repo_or_path: str, revision: str | None = None, **load_kwargs) -> "ControllableSR":
         """A CTSR model from the Hugging Face Hub (``owner/name``; its cache, ``HF_HUB_OFFLINE``, ``revision``) or
         a local folder in the same layout (the exported safetensors, ``config.json``, a model card):
-        :func:`ctsr.models.hub.load_pretrained`. A recorded ``selected_t`` is the default t of ``model(x)``, said in
-        one line on stderr."""
+        :func:`load_pretrained`. A recorded ``selected_t`` is the default t of ``model(x)``, said in one line on
+        stderr."""
         import sys
-
-        from ctsr.models.hub import load_pretrained
 
         model = load_pretrained(repo_or_path, revision=revision, **load_kwargs)
         if model.selected_t is not None:  # one truth for t: model(x) runs at the recorded t, and says so once
@@ -323,8 +350,8 @@ class ControllableSR(nn.Module):
         gcfg, ccfg, selected = check_model_file(tensors, meta, path)
         generator = generator_from_config(gcfg, pretrained, osediff_lora, f"'{shown(path)}': metadata 'generator'")
         stage1 = {k[len("stage1."):]: v for k, v in tensors.items() if k.startswith("stage1.")}
-        model = cls.from_stage1(generator, stage1, control_rank=ccfg.pop("rank"),
-                                **control_kwargs(ccfg, control_steps))
+        model = cls.from_stage1(generator, stage1, control_rank=ccfg["rank"],
+                                rule=ControlRule.from_stored(ccfg, control_steps))
         control = {k[len("stage2.unet."):]: v for k, v in tensors.items() if k.startswith("stage2.unet.")}
         load_into(generator.unet, control, "stage-2 LoRA")
         if selected is not None:
@@ -526,13 +553,122 @@ def generator_from_config(cfg: dict, pretrained: str | None = None, osediff_lora
                                   f"others)") from None
 
 
-def control_kwargs(stored: dict, control_steps: int | None = None) -> dict:
-    """The ``ControllableSR`` keyword arguments of a stored control config (a checkpoint's ``ctsr_control`` or an
-    exported file's ``control`` metadata). Written before the objective was recorded: eq8 with the τ(t_{k+1})
-    index rule it was evaluated with then, so old files reproduce their outputs."""
-    kw = {k: stored[k] for k in ("tau_max", "control_steps", "objective", "path", "tau_c", "tau_rule") if k in stored}
-    if "objective" not in stored:
-        kw.update(objective="eq8", tau_rule="next")
-    if control_steps:
-        kw["control_steps"] = control_steps
-    return kw
+# -- loading any trained file ------------------------------------------------------------------------------------
+class Stage1Only(ControllableSR):
+    """A stage-1 generator behind the controllable interface: t must be 0."""
+
+    supports_control = False
+
+    def controlled_latent(self, z0, t, velocity=None):
+        t = self._check_t(t, z0.shape[0], z0.device)
+        if bool((t > 0).any()):
+            raise ValueError("this is a stage-1 model: only t = 0 is defined (train stage 2 for control)")
+        return z0
+
+
+def _generator(cfg: dict, pretrained: str | None, osediff_lora: str | None, name: str = "the checkpoint"
+               ) -> OneStepGenerator:
+    if not cfg:
+        raise ConfigError(f"{name} does not record its generator config (written by an older ctsr?)")
+    return generator_from_config(cfg, pretrained, osediff_lora, f"{name}: ctsr_generator_config")
+
+
+def load_model(path: str | Path, pretrained: str | None = None, osediff_lora: str | None = None,
+               control_steps: int | None = None) -> ControllableSR:
+    """Any trained CTSR file → a :class:`ControllableSR` in eval mode (on the CPU). Not a file: a run folder (its
+    newest readable checkpoint by recorded step), a CTSR folder or a Hub id ``owner/name[@revision]``
+    (:func:`load_pretrained`, which comes back here with the downloaded file). Every loader goes
+    through this function: tensors only, metadata and finiteness checked. ``control_steps`` overrides the stored K.
+    ``mini``: the mini-world model shipped in the package."""
+    path = resolve_model_spec(path).expanduser()
+    if path.is_dir():
+        from ctsr.runs import model_source
+
+        path = Path(model_source(path)[0])  # a run folder: its newest readable checkpoint by recorded step
+    if not path.is_file():
+        if path.is_dir() or parse_hub_id(str(path)):  # a CTSR folder, on disk or the Hub's
+            return load_pretrained(path if path.is_dir() else str(path), pretrained=pretrained,
+                                   osediff_lora=osediff_lora, control_steps=control_steps)
+        if path.exists():
+            raise ConfigError(f"model file '{shown(path)}' is not a regular file (a .ckpt from `ctsr fit`, a "
+                              f".safetensors from `ctsr export`, a CTSR folder or a Hub id owner/name)")
+        raise MissingWeightsError(f"model file '{shown(path)}' not found (a .ckpt from `ctsr fit`, a .safetensors "
+                                  f"from `ctsr export`, a CTSR folder or a Hub id owner/name)")
+    if path.suffix == ".safetensors":
+        try:
+            return ControllableSR.load(path, pretrained, osediff_lora, control_steps=control_steps)
+        except CTSRError:
+            raise
+        except (TypeError, KeyError, ValueError) as err:  # metadata that parses but does not fit this ctsr
+            raise ConfigError(f"'{path}': its metadata does not describe a model this ctsr can build "
+                              f"({describe(err)})") from None
+    ckpt = load_checkpoint(path, "model file")
+    model = model_from_checkpoint(ckpt, pretrained, osediff_lora, str(path))
+    if control_steps is not None and getattr(model, "supports_control", True):
+        model.control_steps = control_steps
+    return model
+
+
+def model_from_checkpoint(ckpt: dict, pretrained: str | None = None, osediff_lora: str | None = None,
+                          name: str = "the checkpoint") -> ControllableSR:
+    """A loaded Lightning checkpoint dict (stage 1 or stage 2) → :class:`ControllableSR` in eval mode. Its stored
+    configs are checked (keys, types, LoRA ranks against the tensors) before anything is built."""
+    state = ckpt.get("state_dict", {})
+    if not isinstance(state, dict):
+        raise ConfigError(f"{name} holds no state_dict (not a Lightning checkpoint of ctsr)")
+    require_finite(state, name)
+    stage1 = ckpt.get("ctsr_stage1_lora")
+    if "ctsr_stage1_lora" in ckpt and not isinstance(stage1, dict):
+        raise ConfigError(f"{name}: ctsr_stage1_lora must be a mapping of tensors, got {type(stage1).__name__}")
+    if isinstance(stage1, dict):
+        require_float_weights(stage1, name, "stage-1 weights")
+    cfg = ckpt.get("ctsr_generator_config", {})
+    if cfg:
+        check_generator_config(cfg, f"{name}: ctsr_generator_config")
+        own = stage1 if isinstance(stage1, dict) else {k[len("generator."):]: v for k, v in state.items()
+                                                        if k.startswith("generator.")}
+        check_lora_ranks(cfg, own, None, None, name)  # before any layer is built
+    if isinstance(stage1, dict):  # stage 2
+        control = ckpt.get("ctsr_control", {})
+        check_control_config(control, f"{name}: ctsr_control", rank=False)
+        weights = {k[len("model.generator.unet."):]: v for k, v in state.items()
+                   if k.startswith("model.generator.unet.")}
+        require_float_weights(weights, name, "stage-2 weights")
+        rank = next((v.shape[0] for k, v in weights.items() if "lora_A" in k), 4)
+        generator = _generator(cfg, pretrained, osediff_lora, name)
+        model = ControllableSR.from_stage1(generator, stage1, control_rank=rank,
+                                           rule=ControlRule.from_stored(control))
+        load_into(generator.unet, weights, name)
+        model.source = checkpoint_source(ckpt, 2)
+        return model.eval()
+    stage1 = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
+    if not stage1:
+        raise ConfigError(f"{name} holds neither a stage-1 nor a stage-2 CTSR model")
+    require_float_weights(stage1, name, "stage-1 weights")
+    model = Stage1Only.from_stage1(_generator(cfg, pretrained, osediff_lora, name), stage1)
+    model.source = checkpoint_source(ckpt, 1)
+    return model.eval()
+
+
+def checkpoint_source(ckpt: dict, stage: int) -> dict | None:
+    """What a model built from a checkpoint records of where it comes from (``source``, kept by ``ctsr export``):
+    the run's id and folder (``ctsr_run``), the stage and the step; None for checkpoints without a run id."""
+    run = ckpt.get("ctsr_run")
+    if not isinstance(run, dict) or not isinstance(run.get("id"), str):
+        return None
+    step = ckpt.get("global_step")
+    return {"run": run["id"], "path": str(run.get("path", "")), "stage": stage,
+            "step": step if isinstance(step, int) else None}
+
+
+def load_pretrained(repo_or_path: str | Path, revision: str | None = None, **load_kwargs):
+    """A CTSR model from the Hub (``owner/name``, ``owner/name@revision``) or a local folder (or model file) →
+    :class:`~ctsr.models.control.ControllableSR` in eval mode on the CPU. ``load_kwargs``: ``pretrained``,
+    ``osediff_lora``, ``control_steps`` of :meth:`ControllableSR.load`."""
+    # every file through load_model: tensors only, metadata and finiteness checked (docs/reliability.md)
+    path = Path(repo_or_path).expanduser()
+    if path.is_file():
+        if revision is not None:
+            raise ConfigError(f"revision: '{revision}' given for the local file '{path}' (revisions are for hub ids)")
+        return load_model(path, **load_kwargs)
+    return load_model(weights_file(resolve_folder(repo_or_path, revision)), **load_kwargs)

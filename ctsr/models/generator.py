@@ -144,6 +144,10 @@ class OneStepGenerator(nn.Module):
             output already gives ẑ0 ≈ z_L and the UNet learns a correction).
     """
 
+    # how the networks run over tiles, or None (whole images): a ctsr.inference.tiling.Tiling, set by the Upscaler
+    # and by tiled_inference; eps, the encoder and the decoder read it at every call
+    tiling = None
+
     def __init__(
         self,
         pretrained: str = configs.SD21_BASE,
@@ -251,7 +255,7 @@ class OneStepGenerator(nn.Module):
         ``latent_sampling`` (a frozen teacher's pass takes the mode)."""
         if sample is None:
             sample = self.latent_sampling == "sample" or (self.latent_sampling == "auto" and self.training)
-        return self._latent(self.vae.encode(x).latent_dist, sample, generator)
+        return self._latent(self.encoder_dist(x), sample, generator)
 
     @torch.no_grad()
     def encode_base(self, x: Tensor) -> Tensor:
@@ -259,20 +263,35 @@ class OneStepGenerator(nn.Module):
         if getattr(self.vae, "_hf_peft_config_loaded", False):
             self.vae.disable_adapters()
             try:
-                return self._latent(self.vae.encode(x).latent_dist, False, None)
+                return self._latent(self.encoder_dist(x), False, None)
             finally:
                 self.vae.enable_adapters()
-        return self._latent(self.vae.encode(x).latent_dist, False, None)
+        return self._latent(self.encoder_dist(x), False, None)
+
+    def encoder_dist(self, x: Tensor):
+        """The VAE encoder's latent distribution of x (B,3,H,W) in [-1,1] (over tiles when ``tiling`` is set)."""
+        return self.vae.encode(x).latent_dist if self.tiling is None else self.tiling.encode(self.vae, x)
 
     def decode(self, z: Tensor) -> Tensor:
         """x = D(z/s) clamped to [-1,1]: (B,4,h,w) → (B,3,8h,8w)."""
-        return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
+        z = z / self.scaling_factor
+        x = self.vae.decode(z).sample if self.tiling is None else self.tiling.decode(self.vae, z)
+        return x.clamp(-1, 1)
 
-    def eps(self, z_t: Tensor, tau: Tensor | float, context: Tensor | None = None) -> Tensor:
-        """ε_S(z_τ, τ, c): the student UNet with its LoRA. ``tau`` scalar or (B,), int or float."""
+    def eps(self, z_t: Tensor, tau: Tensor | float, context: Tensor | None = None, unet: nn.Module | None = None
+            ) -> Tensor:
+        """ε_S(z_τ, τ, c): the student UNet with its LoRA (or ``unet``, another UNet of the same configuration),
+        over tiles when ``tiling`` is set. ``tau`` scalar or (B,), int or float."""
+        unet = self.unet if unet is None else unet
+        if self.tiling is not None:
+            return self.tiling.eps(self, unet, z_t, tau, context)
+        return self.unet_eps(unet, z_t, tau, context)
+
+    def unet_eps(self, unet: nn.Module, z_t: Tensor, tau: Tensor | float, context: Tensor | None = None) -> Tensor:
+        """One call of ``unet`` on z_t (B,4,h,w) at τ with the context c (the prompt's unless given)."""
         tau = torch.as_tensor(tau, device=z_t.device, dtype=torch.float32).reshape(-1).expand(z_t.shape[0])
         c = self.batch_context(z_t.shape[0], context).to(z_t.dtype)
-        return self.unet(z_t, tau, encoder_hidden_states=c).sample
+        return unet(z_t, tau, encoder_hidden_states=c).sample
 
     # -- the generator ---------------------------------------------------------------------------------------
     def upsample(self, x_lr: Tensor) -> Tensor:

@@ -28,113 +28,25 @@ import tempfile
 from pathlib import Path
 
 from ctsr.errors import ArgumentParser, ConfigError, CTSRError, MissingWeightsError, describe
+from ctsr.models.control import FORMAT, Stage1Only, load_model, load_pretrained
+from ctsr.models.sources import (
+    CARD_NAME,
+    CONFIG_NAME,
+    FOLDER_FILES,
+    WEIGHTS_NAME,
+    _offline,
+    parse_hub_id,
+    resolve_folder,
+    weights_file,
+)
 
-WEIGHTS_NAME = "ctsr.safetensors"
-CONFIG_NAME = "config.json"
-CARD_NAME = "README.md"
-FOLDER_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
-# owner/name as the Hub spells repo ids (letters, digits, '-', '_', '.'), optionally @revision
-_HUB_ID = re.compile(r"^(?P<id>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
+# loading lives beside the model (ctsr.models.control) and the folder layout in ctsr.models.sources; both are
+# named here too, as the Hub's side of a model
+__all__ = ["CARD_NAME", "CONFIG_NAME", "FOLDER_FILES", "SD21_BASE_LICENSE", "WEIGHTS_NAME", "load_pretrained",
+           "main", "model_card", "parse_hub_id", "push", "resolve_folder", "run_facts", "weights_file",
+           "write_folder"]
+
 SD21_BASE_LICENSE = "openrail++"  # CreativeML Open RAIL++-M: SD 2.1-base's licence, inherited by models built on it
-
-
-def parse_hub_id(text: str) -> tuple[str, str | None] | None:
-    """``owner/name`` or ``owner/name@revision`` → (repo id, revision); None when ``text`` is not of that form."""
-    m = _HUB_ID.match(str(text))
-    if m is None or ".." in m.group("id") or m.group("id").endswith((".safetensors", ".ckpt")):
-        return None
-    return m.group("id"), m.group("rev")
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def resolve_folder(repo_or_path: str | Path, revision: str | None = None) -> Path:
-    """A local folder, or the cached snapshot of a Hub repo (downloaded unless offline): the folder with the files."""
-    path = Path(repo_or_path).expanduser()
-    if path.is_dir():
-        if revision is not None:
-            raise ConfigError(f"revision: '{revision}' given for the local folder '{path}' (revisions are for hub ids)")
-        return path
-    parsed = parse_hub_id(str(repo_or_path))
-    if parsed is None:
-        raise MissingWeightsError(f"model '{repo_or_path}' not found: neither a file, a folder, nor a hub id "
-                                  f"(owner/name)")
-    repo_id, rev = parsed
-    if revision is not None and rev is not None and revision != rev:
-        raise ConfigError(f"revision: '{repo_or_path}' names revision '{rev}', and revision='{revision}' was given")
-    revision = revision or rev
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    where = f"'{repo_id}'" + (f" (revision '{revision}')" if revision else "")
-    try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(FOLDER_FILES),
-                                   library_name="ctsr")
-    except LocalEntryNotFoundError:
-        from huggingface_hub import constants
-
-        if _offline():
-            raise MissingWeightsError(
-                f"model {where} is not a local file or folder, and not in the Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}); HF_HUB_OFFLINE=1 forbids downloading it: run once with HF_HUB_OFFLINE=0, "
-                f"or pass a local folder or file") from None
-        raise MissingWeightsError(f"model {where} could not be downloaded from the Hugging Face Hub, and is not in "
-                                  f"the cache ({constants.HF_HUB_CACHE}): check the connection") from None
-    except RevisionNotFoundError:
-        raise MissingWeightsError(f"model {where}: the Hub repo has no such revision (branch, tag or commit)") from None
-    except GatedRepoError:
-        raise MissingWeightsError(f"model {where} is gated: accept its terms on the Hub and log in "
-                                  f"(`hf auth login`)") from None
-    except RepositoryNotFoundError:
-        raise MissingWeightsError(f"model {where}: no such Hub repo (or it is private: log in with "
-                                  f"`hf auth login`)") from None
-    except (HfHubHTTPError, OSError) as err:
-        raise MissingWeightsError(f"model {where} could not be fetched from the Hub ({describe(err)})") from None
-    return Path(folder)
-
-
-def weights_file(folder: Path) -> Path:
-    """The model file of a CTSR folder: ``config.json``'s ``weights`` entry, else ``ctsr.safetensors``."""
-    name = WEIGHTS_NAME
-    config = folder / CONFIG_NAME
-    if config.is_file():
-        try:
-            name = json.loads(config.read_text()).get("weights", WEIGHTS_NAME)
-        except (ValueError, AttributeError, RecursionError, OSError) as err:
-            raise ConfigError(f"'{config}' is not a CTSR config ({describe(err)})") from None
-        if not isinstance(name, str) or not name or Path(name).name != name:
-            raise ConfigError(f"'{config}': 'weights' must be a file name in the folder, got {str(name)[:80]!r}")
-    path = folder / name
-    if not path.is_file():
-        raise MissingWeightsError(f"'{folder}' holds no CTSR model file '{name}' (a CTSR folder has {WEIGHTS_NAME}, "
-                                  f"{CONFIG_NAME} and {CARD_NAME}; write one with `ctsr push FILE ID --dry-run --out "
-                                  f"DIR`)")
-    return path
-
-
-def load_pretrained(repo_or_path: str | Path, revision: str | None = None, **load_kwargs):
-    """A CTSR model from the Hub (``owner/name``, ``owner/name@revision``) or a local folder (or model file) →
-    :class:`~ctsr.models.control.ControllableSR` in eval mode on the CPU. ``load_kwargs``: ``pretrained``,
-    ``osediff_lora``, ``control_steps`` of :meth:`ControllableSR.load`."""
-    # every file through load_model: tensors only, metadata and finiteness checked (docs/reliability.md)
-    from ctsr.models.export import load_model
-
-    path = Path(repo_or_path).expanduser()
-    if path.is_file():
-        if revision is not None:
-            raise ConfigError(f"revision: '{revision}' given for the local file '{path}' (revisions are for hub ids)")
-        return load_model(path, **load_kwargs)
-    return load_model(weights_file(resolve_folder(repo_or_path, revision)), **load_kwargs)
 
 
 # -- publishing --------------------------------------------------------------------------------------------------
@@ -285,7 +197,7 @@ def _model_meta(path: Path) -> dict:
     """The metadata of an exported CTSR file (no tensors read)."""
     from ctsr.checkpoints import json_meta, safetensors_metadata
     from ctsr.errors import shown
-    from ctsr.models.control import FORMAT, check_control_config, check_generator_config, check_selection
+    from ctsr.models.control import check_control_config, check_generator_config, check_selection
 
     meta = safetensors_metadata(path, "FILE")
     if meta.get("format") != FORMAT:
@@ -318,8 +230,6 @@ def write_folder(model_file: str | Path, repo_id: str, out: str | Path, license:
         _model_meta(model_file)  # a wrong file fails before anything is copied (or any folder made)
         check_model_file(*read_safetensors(model_file, "FILE"), model_file)  # tensors: kinds, ranks, finite
     else:
-        from ctsr.models.export import Stage1Only, load_model
-
         model = load_model(model_file)
         if isinstance(model, Stage1Only):
             raise ConfigError(f"FILE: '{model_file}' is a stage-1 checkpoint; push a stage-2 one")

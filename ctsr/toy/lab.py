@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ctsr.diffusion.control_rule import ControlRule
 from ctsr.losses.stage1 import Stage1Weights
 from ctsr.losses.stage2 import path_offset
 from ctsr.toy.figures import fig_chord, fig_grid, fig_stage2, fig_table1, fig_world
@@ -126,15 +127,16 @@ def stage2_trainings(cfg: LabConfig) -> list[dict]:
     k = cfg.big_k
     eq8_rules = (("next-K1", "next", 1), ("euler-K1", "euler", 1), (f"next-K{k}", "next", k),
                  (f"euler-K{k}", "euler", k))
-    runs = [dict(key="fidelity/endpoint", path="fidelity", objective="endpoint", tau_max=cfg.tau_max,
-                 rules=(("", "euler", 1),)),
-            dict(key="fidelity/eq8", path="fidelity", objective="eq8", tau_max=cfg.tau_max, rules=eq8_rules),
-            dict(key="fidelity/eq8-uniform", path="fidelity", objective="eq8", tau_max=cfg.tau_max,
-                 t_sampler="uniform", rules=eq8_rules[1::2])]
-    runs += [dict(key=f"denoise/endpoint-tau{tm:g}", path="denoise", objective="endpoint", tau_max=float(tm),
-                  rules=(("", "euler", 1),)) for tm in cfg.denoise_tau_sweep]
-    runs += [dict(key=f"{p}/eq8", path=p, objective="eq8", tau_max=cfg.tau_max, rules=eq8_rules)
-             for p in ("denoise", "noise")]
+    def rule(path: str, objective: str, tau_max: float = cfg.tau_max) -> ControlRule:
+        return ControlRule(path=path, objective=objective, tau_max=float(tau_max), tau_c=cfg.tau_c)
+
+    runs = [dict(key="fidelity/endpoint", rule=rule("fidelity", "endpoint"), rules=(("", "euler", 1),)),
+            dict(key="fidelity/eq8", rule=rule("fidelity", "eq8"), rules=eq8_rules),
+            dict(key="fidelity/eq8-uniform", rule=rule("fidelity", "eq8"), t_sampler="uniform",
+                 rules=eq8_rules[1::2])]
+    runs += [dict(key=f"denoise/endpoint-tau{tm:g}", rule=rule("denoise", "endpoint", tm), rules=(("", "euler", 1),))
+             for tm in cfg.denoise_tau_sweep]
+    runs += [dict(key=f"{p}/eq8", rule=rule(p, "eq8"), rules=eq8_rules) for p in ("denoise", "noise")]
     return runs
 
 
@@ -143,7 +145,8 @@ def control_curve(model, world: MixtureWorld, ev: EvalSet, tau_rule: str, steps:
     """Metrics over t of ``model.controlled_latent`` (the project's inference for the model's objective) with the
     given τ rule and K; per t also d_f (MSE to E[z|y]) and the path error ‖z(t) − (z0 + P(t))‖²/d for the path
     the model was trained on."""
-    model.tau_rule, model.control_steps = tau_rule, steps
+    trained = model.rule
+    model.rule = trained.replace(tau_rule=tau_rule, control_steps=steps)
     z0 = model.z0(ev.batch.x_lr, ev.noise)
     z_f = fidelity_teacher(world, model.generator).condition(ev.batch.x_lr)
     v = model.control_velocity(z0) if model.constant_velocity else None   # one velocity for every t
@@ -156,7 +159,7 @@ def control_curve(model, world: MixtureWorld, ev: EvalSet, tau_rule: str, steps:
         pts = z.reshape(len(z), -1)
         rows.append({"t": t, **ev.metrics(z), "d_f": mse(pts, ev.x_f),
                      "path_error": mse(pts, target.reshape(len(z), -1))})
-    model.tau_rule, model.control_steps = "euler", 1
+    model.rule = trained
     return rows
 
 
@@ -203,15 +206,15 @@ def run_stage2(t_s, world: MixtureWorld, ev: EvalSet, cfg: LabConfig, tol_mse: f
     plus the paths themselves under ``paths`` and the eq8 fidelity velocity error."""
     out: dict = {"variants": {}, "paths": {}, "loss": {}}
     for run in runs:
-        model, loss = stage2(t_s, world, run["path"], run["objective"], "z0", run["tau_max"], cfg.tau_c,
-                             run.get("t_sampler", "order"), steps or cfg.stage2_steps, cfg.batch, cfg.stage2_lr,
-                             seed=cfg.seed)
+        model, loss = stage2(t_s, world, run["rule"], "z0", run.get("t_sampler", "order"),
+                             steps or cfg.stage2_steps, cfg.batch, cfg.stage2_lr, seed=cfg.seed)
         out["loss"][run["key"]] = loss
-        for rule, tau_rule, k in run["rules"]:
-            name = run["key"] + (f"-{rule}" if rule else "")
+        for label, tau_rule, k in run["rules"]:
+            name = run["key"] + (f"-{label}" if label else "")
             rows = control_curve(model, world, ev, tau_rule, k)
             out["variants"][name] = {"curve": rows, **summarize(rows, tol_mse)}
-        path_key = f"{run['path']}/tau{run['tau_max']:g}" if run["path"] != "fidelity" else "fidelity"
+        path, tau_max = run["rule"].path, run["rule"].tau_max
+        path_key = f"{path}/tau{tau_max:g}" if path != "fidelity" else "fidelity"
         if path_key not in out["paths"]:
             rows = path_curve(model, world, ev)
             out["paths"][path_key] = {"curve": rows, **summarize(rows, tol_mse)}

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ctsr.diffusion.control_rule import ControlRule
 from ctsr.diffusion.schedule import GENERATOR_TIMESTEP, NoiseSchedule
 from ctsr.models.control import ControllableSR
 from ctsr.models.teachers import Teacher
@@ -210,11 +211,8 @@ class ToyControllableSR(ControllableSR):
     the velocity ε_S), ``teacher`` the frozen stage-1 generator T_S (z0 and ε_TS). Inference (``controlled_latent``,
     ``forward``) is ControllableSR's own code."""
 
-    def __init__(self, student: ToyGenerator, teacher: ToyGenerator, tau_max: float = GENERATOR_TIMESTEP,
-                 control_steps: int = 1, objective: str = "endpoint", path: str = "fidelity", tau_c: float = 0.0,
-                 tau_rule: str = "euler") -> None:
-        super().__init__(student, tau_max=tau_max, control_steps=control_steps, objective=objective, path=path,
-                         tau_c=tau_c, tau_rule=tau_rule)
+    def __init__(self, student: ToyGenerator, teacher: ToyGenerator, rule: ControlRule | None = None) -> None:
+        super().__init__(student, rule)
         self.teacher = teacher.requires_grad_(False).eval()
 
     def teacher_eps(self, z: Tensor, tau: Tensor) -> Tensor:

@@ -19,9 +19,10 @@ from torch import Tensor
 
 from typing import Callable
 
+from ctsr.diffusion.control_rule import ControlRule
 from ctsr.losses import stage2 as stage2_losses
 from ctsr.losses.stage1 import DualTeacherLoss, Stage1Weights
-from ctsr.losses.stage2 import Objective, Path, TeacherInput, TSampler
+from ctsr.losses.stage2 import TeacherInput, TSampler
 from ctsr.models.teachers import AnchoredTeacher, Teacher
 from ctsr.toy.models import (ExactEpsTeacher, FrozenEpsTeacher, PosteriorMeanSR, ToyControllableSR, ToyGenerator,
                              add_scaled_delta, conditional_generator, delta_parameters, set_control,
@@ -209,27 +210,22 @@ def stage1(
 # -- stage 2 -------------------------------------------------------------------------------------------------------
 def toy_stage2_terms(
     model: ToyControllableSR, fidelity: AnchoredTeacher | None, x_lr: Tensor, generator: torch.Generator | None = None,
-    *, objective: Objective = "endpoint", path: Path = "fidelity", teacher_input: TeacherInput = "z0",
-    tau_max: float = 999.0, tau_c: float = 0.0, t_sampler: TSampler = "order",
+    *, teacher_input: TeacherInput = "z0", t_sampler: TSampler = "order",
     record: Callable[[Tensor, Tensor], None] | None = None,
 ) -> dict[str, Tensor]:
-    """What ``ControllabilityDistillation.stage2_terms`` does, for the toy model: z_f from the fidelity teacher
-    (fidelity path only), then the project's :func:`ctsr.losses.stage2.stage2_terms`."""
-    z_f = fidelity.condition(x_lr) if path == "fidelity" else None
-    return stage2_losses.stage2_terms(
-        model, x_lr, generator, objective=objective, path=path, teacher_input=teacher_input, tau_max=tau_max,
-        tau_c=tau_c, t_sampler=t_sampler, z_f=z_f, schedule=model.generator.schedule, record=record,
-    )
+    """What ``ControllabilityDistillation.stage2_terms`` does, for the toy model and its control rule
+    (``model.rule``): z_f from the fidelity teacher (fidelity path only), then the project's
+    :func:`ctsr.losses.stage2.stage2_terms`."""
+    z_f = fidelity.condition(x_lr) if model.rule.path == "fidelity" else None
+    return stage2_losses.stage2_terms(model, x_lr, generator, teacher_input=teacher_input, t_sampler=t_sampler,
+                                      z_f=z_f, schedule=model.generator.schedule, record=record)
 
 
 def stage2(
     t_s: ToyGenerator,
     world: MixtureWorld,
-    path: Path = "fidelity",
-    objective: Objective = "endpoint",
+    rule: ControlRule | None = None,
     teacher_input: TeacherInput = "z0",
-    tau_max: float = 999.0,
-    tau_c: float = 0.0,
     t_sampler: TSampler = "order",
     steps: int = 600,
     batch: int = 512,
@@ -238,22 +234,21 @@ def stage2(
     record: Callable[[Tensor, Tensor], None] | None = None,
 ) -> tuple[ToyControllableSR, float]:
     """Controllability distillation from the frozen stage-1 generator ``t_s``: the student S is a copy of T_S, all
-    its weights train (AdamW, clip 1.0, cosine decay of ``lr``). Returns the controllable model (evaluated as it
-    was trained: ``ControllableSR`` with the same objective, path, τ_max, τ_c; eq8 with the Euler index) and the
-    last loss."""
+    its weights train (AdamW, clip 1.0, cosine decay of ``lr``), by ``rule`` (objective, path, τ_max, τ_c; default
+    :class:`ControlRule`'s). Returns the controllable model (evaluated as it was trained: ``ControllableSR`` with the
+    same rule; eq8 with the Euler index) and the last loss."""
     teacher = copy.deepcopy(t_s).eval()
     teacher.rng.manual_seed(seed + 202)
     student = copy.deepcopy(t_s).train().requires_grad_(True)
-    model = ToyControllableSR(student, teacher, tau_max=tau_max, objective=objective, path=path, tau_c=tau_c)
-    fidelity = fidelity_teacher(world, student) if path == "fidelity" else None
+    model = ToyControllableSR(student, teacher, rule)
+    fidelity = fidelity_teacher(world, student) if model.rule.path == "fidelity" else None
     opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     g = torch.Generator().manual_seed(seed)
     loss = float("nan")
     for _ in range(steps):
         b = draw_batch(world, batch, g)
-        out = toy_stage2_terms(model, fidelity, b.x_lr, g, objective=objective, path=path,
-                               teacher_input=teacher_input, tau_max=tau_max, tau_c=tau_c, t_sampler=t_sampler,
+        out = toy_stage2_terms(model, fidelity, b.x_lr, g, teacher_input=teacher_input, t_sampler=t_sampler,
                                record=record)
         opt.zero_grad()
         out["loss"].backward()
