@@ -584,8 +584,14 @@ def basicsr_niqe(empty_caches):
 
 
 def _niqe_fixture_images() -> tuple[dict, dict]:
-    sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "niqe"))
-    from make_fixtures import images
+    import importlib.util
+
+    # by path, under its own name: tests/fixtures/*/make_fixtures.py are several modules of one name
+    spec = importlib.util.spec_from_file_location("niqe_make_fixtures", ROOT / "tests" / "fixtures" / "niqe" /
+                                                  "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    images = module.images
 
     ref = json.loads((ROOT / "tests" / "fixtures" / "niqe" / "basicsr_niqe.json").read_text())["scores"]
     return images(), ref

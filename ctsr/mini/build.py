@@ -26,7 +26,7 @@ from pathlib import Path
 from ctsr.mini import BASE, FIDELITY, MODEL, WEIGHTS
 
 FIDELITY_STEPS = 3000
-VAE_STEPS = (1200, 2500, 1500)
+VAE_STEPS = (1000, 2000, 1200)
 UNET_STEPS = 2500
 
 
