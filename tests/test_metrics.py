@@ -6,7 +6,6 @@ import io
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -23,7 +22,6 @@ from skimage.metrics import structural_similarity as sk_ssim
 from torch import nn
 
 from ctsr.errors import ConfigError, MissingWeightsError
-from ctsr.weights import ctsr_cache
 from ctsr.metrics import (
     DEFAULT_METRICS,
     FID,
@@ -39,6 +37,7 @@ from ctsr.metrics import (
     ssim,
     weight_files,
 )
+from ctsr.weights import ctsr_cache
 
 LEARNED = [m for m in METRIC_NAMES if REQUIRED_FILES[m]]
 
@@ -234,7 +233,15 @@ def test_required_file_names_and_folders_match_the_installed_libraries(empty_cac
     """The names the check looks for are the names each library would download (read from its own code)."""
     import torch.hub
     import torchvision
-    from pyiqa.archs import clip_model, dists_arch, inception, lpips_arch, maniqa_arch, musiq_arch, niqe_arch
+    from pyiqa.archs import (
+        clip_model,
+        dists_arch,
+        inception,
+        lpips_arch,
+        maniqa_arch,
+        musiq_arch,
+        niqe_arch,
+    )
     from timm.models import get_pretrained_cfg
 
     base = lambda url: url.rsplit("/", 1)[-1]
