@@ -237,15 +237,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--realness", default="weights/RealESRGAN_x4plus.pth")
     parser.add_argument("--fidelity", default="mini")
     parser.add_argument("--out", default="results/mini")
-    parser.add_argument("--notes", help="a JSON file: target key → why it was missed (written into report.md)")
+    parser.add_argument("--notes", help="a JSON file: target key → why it was missed (written into report.md; "
+                        "default: notes.json in --out when it is there)")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="only rewrite report.md from the summary.json and figures already in --out (new notes)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    notes_file = Path(args.notes) if args.notes else out / "notes.json"
+    notes = json.loads(notes_file.read_text()) if notes_file.is_file() else None
+    if args.rewrite:
+        summary = json.loads((out / "summary.json").read_text())
+        pictures = [p for p in ("psnr_niqe.png", "crops.png") if (out / p).is_file()]
+        print(write_report(summary, out, pictures, notes).read_text())
+        return 0
     result = evaluate(args.model, args.test, args.realness, args.fidelity)
     summary = summarise(result, T_GRID, args.model)
     pictures = figures(summary, result["shown"], out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    notes = json.loads(Path(args.notes).read_text()) if args.notes else None
     print(write_report(summary, out, pictures, notes).read_text())
     return 0
 
