@@ -1,0 +1,140 @@
+"""GSAD and Reti-Diff (ctsr.models.gsad / ctsr.models.retidiff), Table 9's teachers, against fixtures made with
+the official code (tests/fixtures/gsad, tests/fixtures/retidiff; README in each)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ctsr.errors import ConfigError, MissingWeightsError
+from ctsr.models import gsad
+from ctsr.models.gsad import BetaSchedule, GSADDiffusion, GSADEnhancer, GSADUNet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def ternary_state(path: Path) -> dict[str, torch.Tensor]:
+    """The fixtures' parameters: offset + scale·code (float32, the make_fixtures scripts' very expression)."""
+    raw = np.load(path, allow_pickle=False)
+    names = sorted({k.rpartition("|")[0] for k in raw.files})
+    return {n: torch.from_numpy(raw[f"{n}|offset"]) + torch.from_numpy(raw[f"{n}|scale"])
+            * torch.from_numpy(raw[f"{n}|codes"]).float() for n in names}
+
+
+def _layout(module: torch.nn.Module) -> dict[str, list]:
+    return {k: [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in module.state_dict().items()}
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+# == GSAD =============================================================================================================
+G_FIX = FIXTURES / "gsad"
+G_CONFIG = json.loads((G_FIX / "reduced_config.json").read_text())
+
+
+def reduced_gsad() -> GSADDiffusion:
+    c = G_CONFIG["unet"]
+    unet = GSADUNet(in_channel=c["in_channel"], out_channel=c["out_channel"], inner_channel=c["inner_channel"],
+                    norm_groups=c["norm_groups"], channel_mults=c["channel_multiplier"], attn_res=c["attn_res"],
+                    res_blocks=c["res_blocks"], dropout=c["dropout"], image_size=G_CONFIG["image_size"])
+    return GSADDiffusion(unet, sampling=BetaSchedule(**G_CONFIG["val"])).eval()
+
+
+@pytest.fixture(scope="module")
+def g_io() -> dict[str, torch.Tensor]:
+    return load_file(str(G_FIX / "reduced_io.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def g_params() -> dict[str, torch.Tensor]:
+    return ternary_state(G_FIX / "reduced_weights.npz")
+
+
+@pytest.fixture(scope="module")
+def g_model(g_params) -> GSADDiffusion:
+    model = reduced_gsad()
+    # the parameters only: the schedule buffers are recomputed (and compared below)
+    missing, unexpected = model.load_state_dict(g_params, strict=False)
+    assert not unexpected and all(k in gsad.diffusion.BUFFERS for k in missing)
+    return model
+
+
+def test_gsad_released_network_has_the_official_state_dict_layout():
+    official = json.loads((G_FIX / "released_keys.json").read_text())
+    with torch.device("meta"):
+        model = GSADDiffusion()
+    assert list(_layout(model).items()) == list(official["gaussian_diffusion"].items())
+    assert sum(p.numel() for p in model.parameters()) == official["parameters"]
+
+
+def test_gsad_test_schedule_is_the_official_one():
+    official = json.loads((G_FIX / "released_keys.json").read_text())["val_schedule"]
+    ours = GSADDiffusion(GSADUNet(inner_channel=8, norm_groups=4, channel_mults=(1,), res_blocks=1),
+                         schedule=gsad.LOLV2_SYN_TEST)
+    for name, values in official.items():
+        np.testing.assert_array_equal(getattr(ours, name).numpy(), np.array(values, dtype=np.float32), name)
+
+
+@pytest.mark.parametrize("case", ["sq", "rect"])
+def test_gsad_unet_reproduces_the_official_output(g_model, g_io, case):
+    with torch.no_grad():
+        eps, var = g_model.denoise_fn(g_io[f"unet_in_{case}"], g_io[f"unet_level_{case}"], with_variance=True)
+        eps_only = g_model.denoise_fn(g_io[f"unet_in_{case}"], g_io[f"unet_level_{case}"].reshape(-1))
+    assert max_diff(eps, g_io[f"unet_eps_{case}"]) <= 1e-5
+    assert max_diff(var, g_io[f"unet_var_{case}"]) <= 1e-5
+    assert torch.equal(eps_only, eps)   # (B,) and (B, 1) noise levels alike
+
+
+def test_gsad_sampling_chain_reproduces_the_official_one(g_model, g_io):
+    seed = G_CONFIG["seeds"]["noise"]
+    out = g_model.sample(g_io["sample_low"], torch.Generator().manual_seed(seed))
+    assert out.shape == g_io["sample_out"].shape == (1, 3, 16, 24)
+    assert max_diff(out, g_io["sample_out"]) <= 1e-5
+    other = g_model.sample(g_io["sample_low"], torch.Generator().manual_seed(seed + 1))
+    assert max_diff(other, g_io["sample_out"]) > 1e-2   # the noise matters: a wrong order would be caught
+
+
+def test_gsad_enhancer_is_the_chain_in_image_range(g_model, g_io):
+    seed = G_CONFIG["seeds"]["noise"]
+    enhancer = GSADEnhancer(g_model, seed=seed)
+    out = enhancer((g_io["sample_low"] + 1) / 2)
+    assert max_diff(out, g_io["sample_out"].clamp(-1, 1) * 0.5 + 0.5) <= 1e-5
+    odd = enhancer(torch.rand(2, 3, 13, 18, generator=torch.Generator().manual_seed(0)))  # padded, cropped, batched
+    assert odd.shape == (2, 3, 13, 18) and 0 <= odd.min() and odd.max() <= 1
+    assert enhancer(torch.rand(1, 3, 2, 3)).shape == (1, 3, 2, 3)   # too small to reflect: replicated
+
+
+def test_gsad_release_file_loads_strictly(g_model, tmp_path):
+    state = g_model.state_dict()
+    full = tmp_path / "lolv2_syn_gen.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, full)      # model.py's DataParallel fallback names
+    model = gsad.load_diffusion(full, model=reduced_gsad())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    net_only = tmp_path / "net_only.pth"
+    torch.save({k: v for k, v in state.items() if k.startswith("denoise_fn.")}, net_only)   # buffers may be absent
+    gsad.load_diffusion(net_only, model=reduced_gsad())
+    torch.save({k: v for k, v in state.items() if not k.endswith("var_conv.0.weight")}, tmp_path / "missing.pth")
+    with pytest.raises(ConfigError, match=r"missing 1 \(e\.g\. denoise_fn\.var_conv\.0\.weight\)"):
+        gsad.load_diffusion(tmp_path / "missing.pth", model=reduced_gsad())
+    torch.save(state | {"extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(ConfigError, match=r"unexpected 1 \(e\.g\. extra\.weight\)"):
+        gsad.load_diffusion(tmp_path / "extra.pth", model=reduced_gsad())
+    with pytest.raises(ConfigError, match="wrong shape"):
+        gsad.load_diffusion(full)   # the reduced file into the released network
+
+
+def test_gsad_pickle_that_runs_code_is_refused(tmp_path):
+    path = tmp_path / "lolv2_syn_gen.pth"
+    torch.save({"w": torch.zeros(1), "args": argparse.Namespace(lr=1.0)}, path)
+    with pytest.raises(ConfigError, match="weights-only") as err:
+        gsad.load_pretrained(path)
+    assert "\n" not in str(err.value)
