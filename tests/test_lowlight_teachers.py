@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from ctsr.errors import ConfigError, MissingWeightsError
-from ctsr.models import gsad
+from ctsr.models import gsad, retidiff
 from ctsr.models.gsad import BetaSchedule, GSADDiffusion, GSADEnhancer, GSADUNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,4 +137,115 @@ def test_gsad_pickle_that_runs_code_is_refused(tmp_path):
     torch.save({"w": torch.zeros(1), "args": argparse.Namespace(lr=1.0)}, path)
     with pytest.raises(ConfigError, match="weights-only") as err:
         gsad.load_pretrained(path)
+    assert "\n" not in str(err.value)
+
+
+# == Reti-Diff ========================================================================================================
+R_FIX = FIXTURES / "retidiff"
+R_CONFIG = json.loads((R_FIX / "reduced_config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def r_io() -> dict[str, torch.Tensor]:
+    return load_file(str(R_FIX / "reduced_io.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def r_params() -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {"net": {}, "decom": {}}
+    for key, value in ternary_state(R_FIX / "reduced_weights.npz").items():
+        part, _, name = key.partition(".")
+        out[part][name] = value
+    return out
+
+
+def _load_params(module: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Parameters only (each shared tensor listed once, as named_parameters lists it)."""
+    assert sorted(n for n, _ in module.named_parameters()) == sorted(params)
+    missing, unexpected = module.load_state_dict(params, strict=False)
+    assert not unexpected
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def r_net(r_params) -> retidiff.RetiDiffNet:
+    return _load_params(retidiff.RetiDiffNet(**R_CONFIG["net"]), r_params["net"])
+
+
+@pytest.fixture(scope="module")
+def r_decom(r_params) -> retidiff.RetinexDecomposition:
+    return _load_params(retidiff.RetinexDecomposition(), r_params["decom"])
+
+
+def test_retidiff_released_network_has_the_official_state_dict_layout():
+    official = json.loads((R_FIX / "released_keys.json").read_text())
+    with torch.device("meta"):
+        net = retidiff.RetiDiffNet()
+    assert list(_layout(net).items()) == list(official["retidiff_s2_interface"].items())
+    assert sum(p.numel() for p in net.parameters()) == official["parameters"]["retidiff_s2_interface"]
+    assert round(official["parameters"]["retidiff_s2_interface"] / 1e6, 2) == 26.11   # the paper's Table 9
+    # the release was trained as RetiDiffS2: the same names plus the training-only head the test drops
+    extra = set(official["retidiff_s2"]) - set(official["retidiff_s2_interface"])
+    assert extra and all(k.startswith(retidiff.TRAINING_ONLY) for k in extra)
+    assert set(official["retidiff_s2_interface"]) <= set(official["retidiff_s2"])
+    assert _layout(retidiff.RetinexDecomposition()) == official["retinex_decomnet"] == official["decom_layout"]
+
+
+def test_retidiff_decomposition_reproduces_the_official_one(r_decom, r_io):
+    with torch.no_grad():
+        r, l_ = r_decom(r_io["decom_in"])
+    assert max(max_diff(r, r_io["decom_R"]), max_diff(l_, r_io["decom_L"])) <= 1e-5
+
+
+@pytest.mark.parametrize("kind, source", [("rex", "prior_retinex"), ("img", "prior_img")])
+def test_retidiff_latent_diffusions_reproduce_the_official_priors(r_net, r_io, kind, source):
+    with torch.no_grad():
+        prior = getattr(r_net, f"{kind}_diffusion").sample(r_io[source], r_io[f"prior_{kind}_x_T"])
+    assert prior.shape == (2, 256)
+    assert max_diff(prior, r_io[f"prior_{kind}_out"]) <= 1e-5
+
+
+def test_retidiff_rgformer_reproduces_the_official_output(r_net, r_io):
+    with torch.no_grad():
+        out = r_net.G(r_io["prior_img"], r_io["g_rex"], r_io["g_img_prior"])
+    assert max_diff(out, r_io["g_out"]) <= 1e-5
+
+
+def test_retidiff_whole_test_pass_reproduces_the_official_one(r_net, r_decom, r_io):
+    enhancer = retidiff.RetiDiffEnhancer(r_net, r_decom, seed=R_CONFIG["seeds"]["noise"])
+    out = enhancer(r_io["test_low"])                         # 28×36: reflect-padded to 32×40, cropped back
+    assert out.shape == (2, 3, 28, 36)
+    assert max_diff(out, r_io["test_out"].clamp(0, 1)) <= 1e-5
+    other = retidiff.RetiDiffEnhancer(r_net, r_decom, seed=R_CONFIG["seeds"]["noise"] + 1)(r_io["test_low"])
+    assert max_diff(other, r_io["test_out"].clamp(0, 1)) > 1e-4   # the priors' x_T matter
+    assert enhancer(torch.rand(1, 3, 5, 6)).shape == (1, 3, 5, 6)   # too small to reflect: replicated
+
+
+def test_retidiff_release_files_load_strictly(r_net, r_decom, tmp_path):
+    state = r_net.state_dict()
+    trained = {f"module.{k}": v for k, v in state.items()} | {"G.decom.decom.0.weight": torch.zeros(4, 16, 3, 3)}
+    path = tmp_path / "llie_syn.pth"
+    torch.save({"params_ema": trained, "params": {}}, path)       # BasicSR's file: params_ema first
+    loaded = retidiff.load_net(path, retidiff.RetiDiffNet(**R_CONFIG["net"]))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    torch.save({"params": {k: v for k, v in state.items() if not k.endswith("posterior_mean_coef1")}},
+               tmp_path / "missing.pth")
+    with pytest.raises(ConfigError, match=r"missing 2 \(e\.g\. img_diffusion\.posterior_mean_coef1\)"):
+        retidiff.load_net(tmp_path / "missing.pth", retidiff.RetiDiffNet(**R_CONFIG["net"]))   # buffers count
+    torch.save(state | {"G.extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(ConfigError, match=r"unexpected 1 \(e\.g\. G\.extra\.weight\)"):
+        retidiff.load_net(tmp_path / "extra.pth", retidiff.RetiDiffNet(**R_CONFIG["net"]))
+    with pytest.raises(ConfigError, match="wrong shape"):
+        retidiff.load_net(path)                      # the reduced file into the released network
+    torch.save(r_decom.state_dict(), tmp_path / "retinex_decomnet.pth")
+    decom = retidiff.load_decom(tmp_path / "retinex_decomnet.pth")
+    assert all(torch.equal(decom.state_dict()[k], v) for k, v in r_decom.state_dict().items())
+
+
+def test_retidiff_pickle_that_runs_code_is_refused(tmp_path):
+    path = tmp_path / "llie_syn.pth"
+    torch.save({"params_ema": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1.0)}, path)
+    (tmp_path / "retinex_decomnet.pth").write_bytes(b"")
+    with pytest.raises(ConfigError, match="weights-only") as err:
+        retidiff.load_pretrained(path)
     assert "\n" not in str(err.value)
