@@ -249,3 +249,46 @@ def test_retidiff_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="weights-only") as err:
         retidiff.load_pretrained(path)
     assert "\n" not in str(err.value)
+
+
+# == selection as teachers ============================================================================================
+@pytest.mark.parametrize("spec, files, page", [
+    ("gsad", ["lolv2_syn_gen.pth"], "github.com/jinnh/GSAD"),
+    ("retidiff", ["llie_syn.pth"], "github.com/ChunmingHe/Reti-Diff"),
+])
+def test_missing_release_files_are_one_line_naming_file_and_page(tmp_path, monkeypatch, spec, files, page):
+    from ctsr.models.teachers import AnchoredTeacher
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingWeightsError) as err:
+        AnchoredTeacher(sr_model=spec, scale=1)
+    message = str(err.value)
+    assert all(f in message for f in files) and page in message and "weights" in message and "\n" not in message
+
+
+def test_retidiff_missing_decomposition_names_its_file(tmp_path):
+    net = tmp_path / "llie_syn.pth"
+    torch.save({"params_ema": {}}, net)
+    with pytest.raises(MissingWeightsError, match=r"retinex_decomnet\.pth.*pretrained_models") as err:
+        retidiff.load_pretrained(net)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec", ["gsad", "retidiff", "gsad:x.pth", "retidiff:a.pth,b.pth"])
+def test_lowlight_teachers_refuse_a_scale_other_than_one(spec):
+    from ctsr.models.teachers import load_sr_model
+
+    with pytest.raises(ConfigError, match="scale: 1"):
+        load_sr_model(spec, scale=4)
+
+
+def test_specs_pass_their_paths(monkeypatch):
+    from ctsr.models.teachers import load_sr_model
+
+    seen = []
+    monkeypatch.setattr(gsad, "load_pretrained", lambda *a: seen.append(("gsad", a)) or torch.nn.Identity())
+    monkeypatch.setattr(retidiff, "load_pretrained", lambda *a: seen.append(("retidiff", a)) or torch.nn.Identity())
+    for spec in ("gsad", "gsad:/w/g.pth", "retidiff", "retidiff:/w/n.pth", "retidiff:/w/n.pth,/w/d.pth"):
+        load_sr_model(spec, scale=1)
+    assert seen == [("gsad", (None,)), ("gsad", ("/w/g.pth",)), ("retidiff", (None, None)),
+                    ("retidiff", ("/w/n.pth", None)), ("retidiff", ("/w/n.pth", "/w/d.pth"))]
