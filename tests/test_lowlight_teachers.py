@@ -162,7 +162,7 @@ def r_params() -> dict[str, dict[str, torch.Tensor]]:
 def _load_params(module: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Parameters only (each shared tensor listed once, as named_parameters lists it)."""
     assert sorted(n for n, _ in module.named_parameters()) == sorted(params)
-    missing, unexpected = module.load_state_dict(params, strict=False)
+    _, unexpected = module.load_state_dict(params, strict=False)
     assert not unexpected
     return module.eval()
 
@@ -292,3 +292,27 @@ def test_specs_pass_their_paths(monkeypatch):
         load_sr_model(spec, scale=1)
     assert seen == [("gsad", (None,)), ("gsad", ("/w/g.pth",)), ("retidiff", (None, None)),
                     ("retidiff", ("/w/n.pth", None)), ("retidiff", ("/w/n.pth", "/w/d.pth"))]
+
+
+def test_table9_names_the_papers_teachers_with_their_parameter_counts():
+    from ctsr.experiments import table9
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    assert table9.teacher_specs([str(root / "lle_stage1.yaml")]) == ("gsad", "retidiff")
+    assert table9.teacher_specs([str(root / "lle_stage1.yaml"), str(root / "tiny_lle_stage1.yaml")]) == \
+        ("gamma", "equalize")                                      # the tiny overlay keeps the stand-ins
+    assert [table9.method_name(r, s) for r, s in [("T_f", "gsad:/x.pth"), ("T_r", "retidiff"), ("T_f", "gamma")]] \
+        == ["GSAD", "Reti-Diff", "T_f: gamma"]
+    with torch.device("meta"):
+        g = GSADEnhancer(GSADDiffusion())
+        r = retidiff.RetiDiffEnhancer(retidiff.RetiDiffNet(), retidiff.RetinexDecomposition())
+    assert round(table9.parameters_m(g), 2) == 17.43     # all of lolv2_syn_gen.pth (0.32 M never run)
+    assert round(table9.parameters_m(r), 2) == 26.13     # 26.11 (the paper's) + the 0.02 M decomposition net
+
+
+def test_eval_takes_a_same_size_fidelity_teacher():
+    from ctsr.lit.evaluate import TrainedModel
+
+    assert TrainedModel(fidelity_teacher="gamma", fidelity_scale=1).fidelity_teacher.scale == 1
+    with pytest.raises(ConfigError, match="scale: 1"):
+        TrainedModel(fidelity_teacher="gsad")        # no model to read the scale from: ×4, refused

@@ -83,7 +83,7 @@ def load_pretrained(weights: str | Path | None = None, seed: int | None = TEST_S
 
 def parse_spec(spec: str) -> tuple[str | None] | None:
     """``gsad`` / ``gsad:PATH`` → (PATH or None,); None if ``spec`` is not one."""
-    head, sep, rest = spec.partition(":")
+    head, _, rest = spec.partition(":")
     if head.lower() != "gsad":
         return None
     return (rest or None,)
