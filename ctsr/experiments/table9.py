@@ -13,10 +13,14 @@ teachers on LOL-v2-synthetic's test set, in the paper's format (PSNR, SSIM, LPIP
    brightness matching to the target, :mod:`ctsr.evaluation.lowlight`) or ``plain``.
 3. Writes ``results/table9.md`` / ``.csv`` (``tiny``: ``table9-tiny``).
 
-Teachers (``--fidelity`` / ``--realness``, default: what the training config uses): any ``sr_model`` string of an
-``AnchoredTeacher`` at scale 1 — a 1× spandrel checkpoint, ``identity`` / ``gamma`` / ``equalize`` — or
-``python:MODULE:FACTORY`` (a callable returning an image-to-image ``nn.Module`` or function). GSAD and Reti-Diff are
-not ported yet (README, "Low-light enhancement"): the rows then carry the stand-ins' names.
+Teachers (``--fidelity`` / ``--realness``, default: what the training config uses — ``paper``: ``gsad`` and
+``retidiff``, the paper's GSAD and Reti-Diff from their release files in ``weights/``; ``tiny``: the classical
+stand-ins): any ``sr_model`` string of an ``AnchoredTeacher`` at scale 1 — ``gsad[:PATH]``,
+``retidiff[:NET[,DECOM]]``, a 1× spandrel checkpoint, ``identity`` / ``gamma`` / ``equalize`` — or
+``python:MODULE:FACTORY`` (a callable returning an image-to-image ``nn.Module`` or function). GSAD and Reti-Diff rows
+are named as in the paper; other teachers' rows carry their spec. Parameters (M) count every parameter a method
+holds (GSAD: all of ``lolv2_syn_gen.pth``, 0.32 M of which never run at inference; Reti-Diff: the network and its
+0.02 M Retinex decomposition net; the distilled model: the generator's UNet and VAE).
 """
 from __future__ import annotations
 
@@ -161,17 +165,31 @@ def write_table9(rows: dict[str, dict[str, float]], params: dict[str, float | No
     return paths
 
 
-def teacher_specs(config: str) -> tuple[str, str]:
-    """The (fidelity, realness) ``sr_model`` strings the training config uses."""
+def teacher_specs(configs: str | Sequence[str]) -> tuple[str, str]:
+    """The (fidelity, realness) ``sr_model`` strings the training configs use (stacked: the last one that sets a
+    teacher wins, as ``ctsr fit --config A --config B``)."""
     import yaml
 
-    args = yaml.safe_load(Path(config).read_text())["model"]["init_args"]
+    found = {"fidelity_teacher": "identity", "realness_teacher": "identity"}
+    for config in [configs] if isinstance(configs, str) else configs:
+        args = (yaml.safe_load(Path(config).read_text()).get("model") or {}).get("init_args") or {}
+        for key in found:
+            sr_model = ((args.get(key) or {}).get("init_args") or {}).get("sr_model")
+            if sr_model is not None:
+                found[key] = str(sr_model)
+    return found["fidelity_teacher"], found["realness_teacher"]
 
-    def spec(key: str) -> str:
-        teacher = args.get(key) or {}
-        return str((teacher.get("init_args") or {}).get("sr_model", "identity"))
 
-    return spec("fidelity_teacher"), spec("realness_teacher")
+def method_name(role: str, spec: str) -> str:
+    """The paper's row names for its teachers (``GSAD``, ``Reti-Diff``), else ``T_f: SPEC`` / ``T_r: SPEC``."""
+    from ctsr.models import gsad, retidiff
+
+    if not spec.startswith("python:"):
+        if gsad.parse_spec(spec) is not None:
+            return "GSAD"
+        if retidiff.parse_spec(spec) is not None:
+            return "Reti-Diff"
+    return f"{role}: {spec}"
 
 
 def main(argv: list[str] | None = None, launch: Callable[[Sequence[str]], int] | None = None) -> int:
@@ -205,15 +223,18 @@ def main(argv: list[str] | None = None, launch: Callable[[Sequence[str]], int] |
     elif a.dry_run:
         print(f"# scoring {model}")
         return 0
-    fid_spec, real_spec = teacher_specs(configs[0])
+    fid_spec, real_spec = teacher_specs(configs)
     fid_spec, real_spec = a.fidelity or fid_spec, a.realness or real_spec
-    methods = {f"T_f: {fid_spec}": load_enhancer(fid_spec), f"T_r: {real_spec}": load_enhancer(real_spec),
+    methods = {method_name("T_f", fid_spec): load_enhancer(fid_spec),
+               method_name("T_r", real_spec): load_enhancer(real_spec),
                f"CTSR-LLE (distilled, t = {a.t:g})": CTSRMethod(model, a.t, a.device)}
     rows = score(methods, test_pairs(a.size, a.test_meta), a.protocol,
                  "random" if a.size == "tiny" else "pretrained")
     params = {name: parameters_m(m) for name, m in methods.items()}
     notes = [f"Distilled model: `{model}`. Teachers: fidelity `{fid_spec}`, realness `{real_spec}` (the paper: GSAD "
-             f"and Reti-Diff; ctsr has no port of them yet, see README)."]
+             f"and Reti-Diff, `gsad` / `retidiff`: ctsr.models.gsad / ctsr.models.retidiff). Parameters (M): every "
+             f"parameter a method holds (GSAD: all of its release file, 0.32 M of which never run; Reti-Diff: with "
+             f"its 0.02 M decomposition net; the distilled model: its UNet and VAE)."]
     if a.size == "tiny":
         notes.append("SIZE=tiny: tiny random-init models, LPIPS with random weights, the sample photos darkened "
                      "synthetically — the numbers mean nothing; the path is exercised.")

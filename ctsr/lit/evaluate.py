@@ -18,11 +18,13 @@ class TrainedModel(L.LightningModule):
         t: the control value of ``predict``; None (default): the model's recorded ``selected_t``, else 0.
         fidelity_teacher: the fidelity teacher's SR model (``bicubic`` or a spandrel checkpoint: ResShift's,
             Real-ESRGAN's, …) whose image x_f = T_f(x_LR) the t sweep measures SR(t) against (``d_fidelity_*``
-            columns); None: no such columns.
+            columns); None: no such columns. Low-light models (scale 1): ``gsad``, ``retidiff``, ``gamma``, ….
+        fidelity_scale: that teacher's scale (None: the model's when ``model_path`` is given, else 4).
     """
 
     def __init__(self, model_path: str | None = None, pretrained: str | None = None,
-                 osediff_lora: str | None = None, t: float | None = None, fidelity_teacher: str | None = None) -> None:
+                 osediff_lora: str | None = None, t: float | None = None, fidelity_teacher: str | None = None,
+                 fidelity_scale: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = load_model(model_path, pretrained, osediff_lora) if model_path else None
@@ -30,7 +32,8 @@ class TrainedModel(L.LightningModule):
         if fidelity_teacher is not None:
             from ctsr.models.teachers import AnchoredTeacher
 
-            self.fidelity_teacher = AnchoredTeacher(fidelity_teacher)  # only its image x_f is used, not bound
+            scale = fidelity_scale or getattr(getattr(self.model, "generator", None), "scale", None) or 4
+            self.fidelity_teacher = AnchoredTeacher(fidelity_teacher, scale)  # only its image x_f is used, not bound
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         h = self.hparams

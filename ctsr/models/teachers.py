@@ -118,6 +118,11 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
       ``resshift_realsrx4_s4_v3.pth`` / ``SinSR_v1.pth`` and ``autoencoder_vq_f4.pth``);
       ``resshift:NET[,AUTOENCODER]`` / ``sinsr:NET[,AUTOENCODER]`` from other paths (the autoencoder defaults to
       ``autoencoder_vq_f4.pth`` beside NET) — ``ctsr.models.resshift``, docs/teachers.md;
+    * ``gsad`` / ``gsad:PATH`` (scale 1): GSAD, the low-light task's fidelity teacher, from ``weights/lolv2_syn_gen.pth``
+      (its LOL-v2-synthetic release) or PATH — :mod:`ctsr.models.gsad`;
+    * ``retidiff`` / ``retidiff:NET[,DECOM]`` (scale 1): Reti-Diff, the low-light task's realness teacher, from
+      ``weights/llie_syn.pth`` + ``weights/retinex_decomnet.pth`` (DECOM defaults to that name beside NET) —
+      :mod:`ctsr.models.retidiff`;
     * ``identity`` / ``gamma`` / ``equalize`` (scale 1): classical low-light enhancers, stand-ins for the low-light
       task's teachers (:mod:`ctsr.models.lowlight`);
     * any other string: a checkpoint spandrel loads (Real-ESRGAN, SwinIR, HAT, …; at ``scale: 1``, any 1× model).
@@ -132,6 +137,16 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
         if scale != 1:
             raise ConfigError(f"sr_model: '{spec}' is a same-size (low-light) enhancer; it needs scale: 1, got {scale}")
         return BASELINES[spec]()
+    from ctsr.models import gsad, retidiff
+
+    for name, parse, load in (("GSAD", gsad.parse_spec, gsad.load_pretrained),
+                              ("Reti-Diff", retidiff.parse_spec, retidiff.load_pretrained)):
+        parsed_ll = parse(spec)
+        if parsed_ll is not None:
+            if scale != 1:
+                raise ConfigError(f"sr_model: '{spec}' is {name}, a same-size (low-light) enhancer; it needs scale: 1, "
+                                  f"got {scale}")
+            return load(*parsed_ll)
     if spec == "mini":
         from ctsr.mini import FIDELITY
 
@@ -178,7 +193,8 @@ class AnchoredTeacher(Teacher):
     a teacher living in another space (ResShift's VQGAN f4) enters the SD latent space.
 
     Args:
-        sr_model: ``bicubic``, ``resshift`` / ``sinsr`` (the paper's teachers, ``[:NET[,AUTOENCODER]]``), a spandrel
+        sr_model: ``bicubic``, ``resshift`` / ``sinsr`` (the paper's teachers, ``[:NET[,AUTOENCODER]]``), at scale 1
+            ``gsad`` / ``retidiff`` (Table 9's) or ``gamma`` / ``equalize`` (stand-ins), a spandrel
             checkpoint path, or an ``nn.Module``/callable (B,3,h,w) → (B,3,4h,4w), images in [0,1] (see
             :func:`load_sr_model`).
         scale: the SR factor (4).
