@@ -11,8 +11,8 @@ message, never a whole logger or warning category, so anything else those librar
   metric networks are in eval mode on purpose (:mod:`ctsr.lit`); "💡 Tip: … litlogger/litmodels" (an
   advertisement, logged at every fit); "`isinstance(treespec, LeafSpec)` is deprecated" (Lightning's own use of a
   torch API, fixed upstream).
-* transformers: the "Loading weights" progress bar of ``from_pretrained`` (the text encoder, RAM's BERT): the
-  commands print which model they load themselves.
+* transformers: the "Loading weights" progress bar of ``from_pretrained`` (SD's text encoder, a few seconds),
+  switched off only while :func:`ctsr.models.loading.load_part` loads a part (:func:`no_loading_bars`).
 
 torchvision's ``pretrained``/``weights`` deprecation warnings, raised by the ``lpips`` package's own backbones, are
 silenced where ctsr builds them (:mod:`ctsr.nets.lpips`, :func:`lpips_backbone_warnings`).
@@ -66,3 +66,21 @@ def lpips_backbone_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"Arguments other than a weight enum or `None` for 'weights' "
                                                   r"are deprecated since 0\.13")
         yield
+
+
+@contextlib.contextmanager
+def no_loading_bars() -> Iterator[None]:
+    """transformers' progress bars ("Loading weights") off while the block runs, as they were afterwards; nothing
+    else changes (huggingface_hub's download bars stay)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
