@@ -80,7 +80,7 @@ bench-sweep: $(STAMP) ## benchmark: t sweep with z0 reused vs separate single-t 
 	$(OFFLINE) $(BIN)/python benchmarks/bench_sweep.py
 
 bench-gpu: $(STAMP) ## GPU benchmark: upscale path vs bare diffusers graph, SD 2.1-base size, eager + compile
-	$(OFFLINE) $(BIN)/python -m ctsr.inference.bench --size sd21
+	$(OFFLINE) $(BIN)/python -m ctsr.cli bench --size sd21
 
 # wheels a lent GPU machine lacks or holds in another version (its python3 is 3.12 with torch, transformers): see
 # benchmarks/gpu_checks.sh; they land in .whl/ (git-ignored) and travel with `carry: [".whl"]`

@@ -31,6 +31,6 @@ for batch in 16 64; do
     timeout "${DEGRADE_TIMEOUT:-120}" "$PY" benchmarks/bench_degrade.py --device cuda --batch $batch --size 512 \
         --repeats 5 2>&1 | tee -a "$OUT/degrade.txt"
 done
-timeout "${BENCH_TIMEOUT:-420}" "$PY" -m ctsr.inference.bench --size sd21 --repeats 10 2>&1 | tee "$OUT/bench.txt"
+timeout "${BENCH_TIMEOUT:-420}" "$PY" -m ctsr.cli bench --size sd21 --repeats 10 2>&1 | tee "$OUT/bench.txt"
 timeout "${SWEEP_TIMEOUT:-90}" "$PY" benchmarks/bench_sweep.py --size sd21 --device cuda --batch 4 --lr-size 128 \
     --batches 2 2>&1 | tee "$OUT/sweep.txt"

@@ -116,3 +116,152 @@ def test_missing_weights_are_one_clear_line(workdir):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "ctsr: error:" in proc.stderr and "weights/osediff.pkl" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- the command line itself: help, unknown commands, no library noise ------------------------------------------------
+def test_help_lists_every_command_grouped(capsys):
+    from ctsr.cli import COMMANDS, GROUPS, LIGHTNING_COMMANDS, TOOLS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert set(COMMANDS) == set(TOOLS) | set(LIGHTNING_COMMANDS) and len(COMMANDS) == 12
+    assert list(GROUPS) == ["train", "evaluate", "use", "publish"]
+    lines = out.splitlines()
+    for group, names in GROUPS.items():
+        start = lines.index(f"{group}:")
+        block = [line.split()[0] for line in lines[start + 1:start + 1 + len(names)]]
+        assert block == list(names), (group, block)  # each command once, one line, under its group
+    assert GROUPS["train"] == ("fit", "validate", "test", "predict")
+    assert set(GROUPS["evaluate"]) == {"score", "select-t", "bench"}
+    assert set(GROUPS["use"]) == {"upscale", "demo", "export", "convert-ncnn"} and GROUPS["publish"] == ("push",)
+    assert not any(word in out for word in ("STYLE", "habit", "issue"))
+
+
+@pytest.mark.parametrize("typo, nearest", [("upsacle", "upscale"), ("selct-t", "select-t"), ("fti", "fit")])
+def test_an_unknown_command_names_the_nearest_one(typo, nearest, capsys):
+    assert main([typo, "in.png", "out.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"unknown command '{typo}'" in err[0] and f"did you mean '{nearest}'?" in err[0]
+    assert main(["frobnicate"]) == 2
+    assert "did you mean" not in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    """`ctsr --help` and `ctsr <tool> --help` answer without importing torch or Lightning (what makes them fast)."""
+    probe = ("import sys\nfrom ctsr.cli import main\nfor argv in {argvs!r}:\n    try:\n        main(argv)\n"
+             "    except SystemExit as e:\n        assert e.code == 0, (argv, e.code)\n"
+             "print(sorted(m for m in ('torch', 'lightning', 'diffusers', 'transformers', 'peft', 'pyiqa') "
+             "if m in sys.modules))")
+    argvs = [["--help"], *([name, "--help"] for name in ("upscale", "export", "bench", "demo", "push", "score",
+                                                         "select-t", "convert-ncnn"))]
+    proc = subprocess.run([sys.executable, "-c", probe.format(argvs=argvs)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert "usage: ctsr score" in proc.stdout and "train:" in proc.stdout
+
+
+def test_python_m_ctsr_cli_runs_the_command():
+    proc = subprocess.run([sys.executable, "-m", "ctsr.cli", "upsacle"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "did you mean 'upscale'?" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ctsr.cli"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no command given" in proc.stderr and "upscale" in proc.stderr
+
+
+def test_the_tools_defaults_are_the_library_functions_defaults():
+    """The parsers (ctsr/cli) and the library functions they call declare the same defaults."""
+    import inspect
+
+    from ctsr.cli import bench, demo, export, push, score, select_t, upscale
+    from ctsr.evaluation.score import score_to_table
+    from ctsr.evaluation.select_t import select_and_record
+    from ctsr.inference.bench import run_bench
+    from ctsr.inference.demo import serve
+    from ctsr.inference.upscale import upscale_paths
+    from ctsr.models.export import export_checkpoint
+    from ctsr.models.hub import publish
+
+    for cli, function, positional in ((upscale, upscale_paths, ["i", "o"]), (bench, run_bench, []),
+                                      (demo, serve, []), (export, export_checkpoint, ["c", "o.safetensors"]),
+                                      (push, publish, ["f", "o/n"]), (score, score_to_table, ["sr", "--out", "o"]),
+                                      (select_t, select_and_record, ["tab", "--model", "m"])):
+        parsed = vars(cli.build_parser().parse_args(positional))
+        params = inspect.signature(function).parameters
+        assert set(parsed) == set(params), (cli.__name__, set(parsed) ^ set(params))
+        for name, p in params.items():
+            if p.default is not inspect.Parameter.empty:
+                default = list(p.default) if isinstance(p.default, tuple) else p.default
+                assert parsed[name] == default, (cli.__name__, name)
+
+
+def test_shared_options_are_declared_once():
+    """--ckpt, --device, --precision, --tile, --prompting, … are added by ctsr/cli/options.py only."""
+    import re
+
+    shared = ("--ckpt", "--device", "--precision", "--batch-size", "--tile", "--tile-overlap", "--vae-tile",
+              "--vae-overlap", "--shared-norms", "--color", "--compile", "--control-steps", "--pretrained",
+              "--osediff-lora", "--prompting", "--ram-weights", "--dape-weights", "--stem")
+    declared: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "ctsr" / "cli").glob("*.py")):
+        for flag in re.findall(r"add_argument\(\s*\"(--[a-z-]+)\"", path.read_text()):
+            declared.setdefault(flag, []).append(path.name)
+    for flag in shared:
+        assert declared.get(flag) in (["options.py"], None) or flag == "--compile", (flag, declared.get(flag))
+        assert flag in declared, flag
+    assert declared["--compile"] == ["bench.py", "options.py"]  # bench's --compile is another option (compiled rows)
+
+
+NOISE = ("Skipping publisher trust check", "in eval mode at the start of training", "'pretrained' is deprecated",
+         "Arguments other than a weight enum", "LeafSpec", "💡 Tip", "Loading weights")
+
+
+def test_a_tiny_fit_shows_steps_of_max_steps_and_no_library_noise(workdir):
+    """As a user runs it: the bar counts steps out of max_steps across epochs (2 batches an epoch, 3 steps), and
+    stderr holds none of the lines a user cannot act on."""
+    (workdir / "bar.yaml").write_text("trainer:\n  max_steps: 3\n  limit_train_batches: 2\n  val_check_interval: 2\n"
+                                      "  check_val_every_n_epoch: null\n  enable_progress_bar: true\n")
+    proc = subprocess.run([sys.executable, "-m", "ctsr.cli", "fit", "--config",
+                           str(ROOT / "experiments" / "tiny_stage1.yaml"), "--config", "bar.yaml"],
+                          capture_output=True, text=True, timeout=600, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in NOISE:
+        assert line not in proc.stderr and line not in proc.stdout, line
+    bar = proc.stdout.replace("\r", "\n")
+    assert "Epoch 1: 100%" in bar and " 3/3 [" in bar and "step/s" in bar, bar[-1500:]
+    assert "/-" not in bar and " 2/2 [" not in bar  # neither `Epoch 1/-2` nor the epoch's batches
+
+
+def test_the_step_bar_counts_steps_out_of_max_steps():
+    """StepProgressBar on a stand-in trainer: total max_steps, n the global step, across an epoch boundary."""
+    from types import SimpleNamespace
+
+    from ctsr.callbacks.progress import StepProgressBar
+
+    bar = StepProgressBar()
+    trainer = SimpleNamespace(max_steps=5000, global_step=1200, current_epoch=14, max_epochs=-1)
+    bar._trainer = trainer
+    bar.train_progress_bar = bar.init_train_tqdm()
+    bar.train_progress_bar.disable = False
+    bar.on_train_epoch_start(trainer)
+    shown = str(bar.train_progress_bar)
+    assert "Epoch 14" in shown and "1200/5000" in shown and "/-2" not in shown
+    trainer.global_step = 1201
+    bar.get_metrics = lambda *a: {}
+    bar.on_train_batch_end(trainer, None, None, None, 0)
+    assert bar.train_progress_bar.n == 1201 and bar.train_progress_bar.total == 5000
+    bar.train_progress_bar.close()
+
+
+def test_ctsr_upscale_prints_no_library_noise(tiny_model_file, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (24, 20), (120, 60, 30)).save(tmp_path / "in.png")
+    proc = subprocess.run([sys.executable, "-m", "ctsr.cli", "upscale", str(tmp_path / "in.png"),
+                           str(tmp_path / "out.png"), "--ckpt", str(tiny_model_file()), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out.png").is_file()
+    for line in NOISE:
+        assert line not in proc.stderr, line

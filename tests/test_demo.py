@@ -17,8 +17,12 @@ import pytest
 import torch.nn.functional as F
 from PIL import Image
 
+from ctsr.choices import DEFAULT_MAX_PIXELS
+from ctsr.cli import demo as demo_cli
+from ctsr.cli import options
+from ctsr.cli import upscale as upscale_cli
 from ctsr.data.images import read_image
-from ctsr.inference import demo, upscale
+from ctsr.inference import demo
 from ctsr.inference.upscale import Upscaler
 from ctsr.models.export import load_model
 from ctsr.models.generator import OneStepGenerator
@@ -59,12 +63,12 @@ def _png(data: bytes) -> np.ndarray:
 
 def test_parser_is_ctsr_upscales(model_file):
     """The demo's upscaling options are `ctsr upscale`'s, defaults included; it binds to 127.0.0.1."""
-    d = demo.build_parser().parse_args(["--ckpt", "m"])
-    u = upscale.build_parser().parse_args(["in", "out", "--ckpt", "m"])
-    for dest in demo.UPSCALE_OPTIONS:
+    d = demo_cli.build_parser().parse_args(["--ckpt", "m"])
+    u = upscale_cli.build_parser().parse_args(["in", "out", "--ckpt", "m"])
+    for dest in options.UPSCALER_OPTIONS:
         assert getattr(d, dest) == getattr(u, dest), dest
     assert (d.tile, d.vae_tile, d.color, d.shared_norms) == (96, 256, "adain", "unet")
-    assert d.host == "127.0.0.1" and d.port == 7860 and d.max_pixels == demo.DEFAULT_MAX_PIXELS
+    assert d.host == "127.0.0.1" and d.port == 7860 and d.max_pixels == DEFAULT_MAX_PIXELS
 
 
 def test_a_slider_move_is_a_decode(model_file, photo, bad_files, tmp_path, monkeypatch):
@@ -166,7 +170,7 @@ def test_the_page_in_a_browser(model_file, photo, bad_files, tmp_path):
     try:
         # meanwhile, what `ctsr upscale` writes for the same file at the two t
         ts = (0.2, 0.8)
-        assert upscale.main([str(photo), str(tmp_path / "cli"), "--ckpt", str(model_file), "--t", *map(str, ts),
+        assert upscale_cli.main([str(photo), str(tmp_path / "cli"), "--ckpt", str(model_file), "--t", *map(str, ts),
                              "--device", "cpu"]) == 0
         written = {t: _png((tmp_path / "cli" / f"astronaut_t{t:g}.png").read_bytes()) for t in ts}
         _wait_for_server(proc, url, log, timeout_s=300)

@@ -421,7 +421,7 @@ def test_fit_before_the_sample_photos_exist_says_make_samples_and_leaves_no_run(
 
 def test_command_lines_that_do_not_parse_are_one_line(capsys):
     for argv, text in ((["upscale"], "required: input, output"), (["score", "--bogus"], "--bogus"),
-                       (["fit", "--trainer.bogus", "1"], "--trainer.bogus"), (["bogus"], "subcommand"),
+                       (["fit", "--trainer.bogus", "1"], "--trainer.bogus"), (["bogus"], "unknown command 'bogus'"),
                        (["fit", "--config", "missing.yaml"], "missing.yaml"), (["export", "-m.ckpt", "o"], "./-m.ckpt")):
         assert main(argv) == 2, argv
         one_line(capsys, text)
@@ -450,7 +450,7 @@ def test_a_real_process_with_undecodable_arguments(tiny_model_file, tmp_path):
 def test_an_unexpected_error_is_one_line_and_ctrl_c_is_130(monkeypatch, capsys):
     """Whatever ctsr did not foresee is still one line (a bug to report, exit 70; the traceback on request), and
     Ctrl-C outside training is 130 without a traceback."""
-    from ctsr.evaluation import score
+    from ctsr.cli import score
 
     def broken(argv):
         raise RuntimeError("something ctsr did not expect\nsecond line")

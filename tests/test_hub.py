@@ -14,6 +14,7 @@ import torch
 from huggingface_hub import constants
 
 from ctsr import cli
+from ctsr.cli import push as push_cli
 from ctsr.errors import ConfigError, MissingWeightsError
 from ctsr.models import hub
 from ctsr.models.export import load_model
@@ -92,7 +93,7 @@ def _same_model(model, x_lr, reference):
 @pytest.fixture(scope="module")
 def folder(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("folder") / "ctsr-tiny"
-    assert hub.main([str(run), "owner/ctsr-tiny", "--dry-run", "--out", str(out)]) == 0
+    assert push_cli.main([str(run), "owner/ctsr-tiny", "--dry-run", "--out", str(out)]) == 0
     return out
 
 
@@ -229,7 +230,7 @@ def test_push_uploads_the_folder(run, folder, monkeypatch, capsys):
     FakeApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(hub, "_offline", lambda: False)
-    assert hub.main([str(run), "owner/ctsr-tiny", "--private", "--branch", "v1", "--token", "tok"]) == 0
+    assert push_cli.main([str(run), "owner/ctsr-tiny", "--private", "--branch", "v1", "--token", "tok"]) == 0
     assert "uploaded" in capsys.readouterr().out
     names = [c[0] for c in FakeApi.calls]
     assert names == ["init", "create_repo", "create_branch", "upload_folder"]
@@ -244,11 +245,11 @@ def test_push_uploads_the_folder(run, folder, monkeypatch, capsys):
 
 def test_push_refuses_offline_and_bad_input(run, tmp_path):
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE=1 forbids uploading"):
-        hub.main([str(run), "owner/name"])
+        push_cli.main([str(run), "owner/name"])
     with pytest.raises(ConfigError, match="not a Hub repo id"):
-        hub.main([str(run), "just-a-name", "--dry-run"])
+        push_cli.main([str(run), "just-a-name", "--dry-run"])
     with pytest.raises(MissingWeightsError, match="not found"):
-        hub.main([str(tmp_path / "none.safetensors"), "owner/name", "--dry-run", "--out", str(tmp_path / "o")])
+        push_cli.main([str(tmp_path / "none.safetensors"), "owner/name", "--dry-run", "--out", str(tmp_path / "o")])
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
     with pytest.raises(ConfigError, match="not a safetensors file"):
-        hub.main([str(tmp_path / "bad.safetensors"), "owner/name", "--dry-run", "--out", str(tmp_path / "o")])
+        push_cli.main([str(tmp_path / "bad.safetensors"), "owner/name", "--dry-run", "--out", str(tmp_path / "o")])

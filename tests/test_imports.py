@@ -104,3 +104,27 @@ def test_metrics_and_losses_do_not_import_each_other():
     for a, b in (("ctsr.metrics", "ctsr.losses"), ("ctsr.losses", "ctsr.metrics")):
         crossing = sorted((m, d) for m, deps in graph.items() if m.startswith(a) for d in deps if d.startswith(b))
         assert not crossing, crossing
+
+
+def test_the_command_line_depends_on_the_library_never_the_reverse():
+    """``ctsr.cli`` names its tools' modules as strings (imported on use): with those edges the graph is still
+    acyclic, and no library module imports ``ctsr.cli`` (the command line sits on top; only the experiment drivers,
+    ``ctsr.experiments``, which run commands as a user would, sit above it)."""
+    from ctsr.cli import TOOLS
+
+    graph = import_graph()
+    assert {module for module, _ in TOOLS.values()} <= set(graph)
+    graph["ctsr.cli"] |= {module for module, _ in TOOLS.values()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+    upward = sorted((m, d) for m, deps in graph.items() if not m.startswith(("ctsr.cli", "ctsr.experiments"))
+                    for d in deps
+                    if d.startswith("ctsr.cli"))
+    assert not upward, upward
+    # the parsers' modules reach neither torch nor the heavy library modules at import (`--help` stays fast)
+    for module in ("ctsr.cli", "ctsr.cli.options", *(m for m, _ in TOOLS.values())):
+        heavy = sorted(d for d in graph[module] if d.startswith(("ctsr.inference", "ctsr.models", "ctsr.lit",
+                                                                  "ctsr.evaluation", "ctsr.metrics")))
+        source = _modules()[module].read_text()
+        top_level = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+        assert not [line for line in top_level if any(h in line for h in heavy) or "torch" in line], module

@@ -403,7 +403,7 @@ def test_upscale_full_disk_stops_and_read_only_fails_before_loading(tiny_model_f
 
 # -- what a library writes itself (TensorBoard, config.yaml): still one line -------------------------------------------
 def test_a_library_writers_disk_error_is_one_line(monkeypatch, capsys):
-    import ctsr.cli
+    import ctsr.cli.lightning
 
     def fails(argv):
         try:
@@ -411,6 +411,6 @@ def test_a_library_writers_disk_error_is_one_line(monkeypatch, capsys):
         except OSError as err:
             raise RuntimeError("writer thread failed") from err
 
-    monkeypatch.setattr(ctsr.cli, "_lightning_cli", fails)
+    monkeypatch.setattr(ctsr.cli.lightning, "_lightning_cli", fails)
     assert main(["fit"]) == 2
     _one_line_error(capsys, "'runs/r/events.out.tfevents.1': no space left on the device (ENOSPC)")

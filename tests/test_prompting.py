@@ -207,7 +207,7 @@ def test_upscaler_tags_the_unpadded_image_and_keeps_each_images_prompt(dape_mode
 
 def test_ctsr_upscale_writes_the_prompt_beside_the_outputs(dape_model_file, x_lr, tmp_path, spec):
     from ctsr.data.images import write_image
-    from ctsr.inference.upscale import main
+    from ctsr.cli.upscale import main
 
     src = tmp_path / "in"
     src.mkdir()

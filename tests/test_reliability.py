@@ -369,12 +369,12 @@ def test_no_checkpoint_with_non_finite_weights(tmp_path):
 def test_sigterm_before_training_is_not_success(monkeypatch, capsys):
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    import ctsr.cli
+    import ctsr.cli.lightning
 
     def terminated(argv):
         raise SIGTERMException  # Lightning's own SIGTERM path (a SystemExit without code: status 0)
 
-    monkeypatch.setattr(ctsr.cli, "_lightning_cli", terminated)
+    monkeypatch.setattr(ctsr.cli.lightning, "_lightning_cli", terminated)
     assert main(["fit"]) == 143
     assert "interrupted: SIGTERM" in capsys.readouterr().err
 

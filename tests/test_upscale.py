@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from ctsr.errors import ConfigError
-from ctsr.inference import bench, upscale
+from ctsr.cli import bench, upscale
 from ctsr.inference.color import adain, color_fix, wavelet, wavelet_decomposition
 from ctsr.inference.upscale import Upscaler, check_t_values
 from ctsr.models.export import Stage1Only, load_model

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ import torch
 from ctsr.checkpoints import check_writable
 from ctsr.data.datasets import pair_key
 from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, read_image
-from ctsr.errors import ArgumentParser, ConfigError, DataError, check, shown
+from ctsr.errors import ConfigError, DataError, check, shown
 from ctsr.evaluation.tables import Row, Table, read_table, write_table
 from ctsr.metrics import DEFAULT_METRICS, METRIC_NAMES, NO_REFERENCE, MetricSuite
 
@@ -190,42 +191,23 @@ def score_folder(sr_dir: str | Path, hr_dir: str | Path | None = None, metrics: 
     return suite.compute(), suite, len(pairs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="ctsr score",
-        description="Score a folder of SR images with the suite's protocol (OSEDiff's test_metrics.py: pyiqa) and "
-                    "add the row to the table in --out.",
-    )
-    parser.add_argument("sr_dir", metavar="SR_DIR", help="folder of SR images (searched recursively)")
-    parser.add_argument("hr_dir", metavar="HR_DIR", nargs="?", default=None,
-                        help="folder of HR images, paired by name; leave out for no-reference metrics only")
-    parser.add_argument("--metrics", nargs="+", default=None,
-                        help=f"metric names (default with HR_DIR: {' '.join(DEFAULT_METRICS)}; without: "
-                             f"{' '.join(NO_REFERENCE)}); lpips_vgg on request")
-    parser.add_argument("--out", required=True, help="folder of the table (metrics.md/csv/json), created if needed")
-    parser.add_argument("--name", default=None, help="the row's method name (default: SR_DIR's folder name)")
-    parser.add_argument("--t", type=float, default=None,
-                        help="the row's t (a CTSR output folder of one t); a folder of `ctsr upscale` outputs "
-                             "<name>_t<T>: scores the files of this t, paired by the name without _t<T>")
-    parser.add_argument("--sr-suffix", default=None,
-                        help="pair SR files by their name without this suffix (only files that carry it), e.g. _sr")
-    parser.add_argument("--split", default=None, help="what was scored, e.g. RealSR-test (recorded in the table)")
-    parser.add_argument("--color-space", default="y", choices=("y", "rgb"))
-    parser.add_argument("--crop-border", type=int, default=0)
-    parser.add_argument("--metric-weights", default="pretrained", choices=("pretrained", "random"),
-                        help="random: test-only networks with random weights (scores meaningless)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    parser.add_argument("--stem", default="metrics", help="the table's file name (metrics)")
-    args = parser.parse_args(argv)
+def score_to_table(sr_dir: str | Path, hr_dir: str | Path | None = None, *, out: str | Path,
+                   metrics: Sequence[str] | None = None, name: str | None = None, t: float | None = None,
+                   sr_suffix: str | None = None, split: str | None = None, color_space: str = "y",
+                   crop_border: int = 0, metric_weights: str = "pretrained", device: str | None = None,
+                   stem: str = "metrics") -> int:
+    """``ctsr score``: score ``sr_dir`` (against ``hr_dir``) and add the row (``name``, ``t``) to the table in
+    ``out``; prints the row and the protocol. Returns 0. The arguments are the command's options
+    (:mod:`ctsr.cli.score`)."""
     from ctsr.inference.upscale import resolve_device
 
-    name = args.name or Path(args.sr_dir).resolve().name
+    name = name or Path(sr_dir).resolve().name
     check(bool(name) and "," not in name, "--name", f"a non-empty name without commas, got {name!r}")
-    check(args.t is None or 0 <= args.t <= 1, "--t", f"must lie in [0, 1], got {args.t}")
-    check(args.crop_border >= 0, "--crop-border", f"must be ≥ 0, got {args.crop_border}")
-    check(args.sr_suffix is None or args.sr_suffix != "", "--sr-suffix", "give a non-empty suffix")
-    check_writable(args.out, "--out")  # a read-only or unwritable table folder fails now, not after the scoring
-    existing = read_table(args.out, args.stem)  # a table ctsr did not write fails now too
+    check(t is None or 0 <= t <= 1, "--t", f"must lie in [0, 1], got {t}")
+    check(crop_border >= 0, "--crop-border", f"must be ≥ 0, got {crop_border}")
+    check(sr_suffix is None or sr_suffix != "", "--sr-suffix", "give a non-empty suffix")
+    check_writable(out, "--out")  # a read-only or unwritable table folder fails now, not after the scoring
+    existing = read_table(out, stem)  # a table ctsr did not write fails now too
     lines: list[str] = []
 
     def warn(line: str) -> None:
@@ -233,23 +215,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctsr score: {line}" if line.startswith(("paired", "scoring")) else f"ctsr score: warning: {line}",
               file=sys.stderr)
 
-    values, suite, n = score_folder(args.sr_dir, args.hr_dir, args.metrics, args.color_space, args.crop_border,
-                                    args.metric_weights, resolve_device(args.device), args.t, args.sr_suffix, warn)
+    values, suite, n = score_folder(sr_dir, hr_dir, metrics, color_space, crop_border,
+                                    metric_weights, resolve_device(device), t, sr_suffix, warn)
     if not values:
         raise DataError(f"no metric could score these images: {suite.skipped_note()}")
-    if args.t is None and args.sr_suffix is None and upscale_t(suite.sr_suffix) is not None:
-        args.t = upscale_t(suite.sr_suffix)  # the one t of a folder of `ctsr upscale` outputs: the row's t
+    if t is None and sr_suffix is None and upscale_t(suite.sr_suffix) is not None:
+        t = upscale_t(suite.sr_suffix)  # the one t of a folder of `ctsr upscale` outputs: the row's t
     settings = {"color_space": suite.color_space, "crop_border": suite.crop_border, "weights": suite.weights,
                 "quantize": suite.quantize}
-    note = f"{name}{'' if args.t is None else f' (t={args.t:g})'}: {n} images of '{args.sr_dir}', `ctsr score`."
+    note = f"{name}{'' if t is None else f' (t={t:g})'}: {n} images of '{sr_dir}', `ctsr score`."
     if suite.skipped_note():
         note += f" {suite.skipped_note()}."
-    new = Table([Row(name, args.t, values)], settings, f"metrics of {name}", [note], split=args.split)
+    new = Table([Row(name, t, values)], settings, f"metrics of {name}", [note], split=split)
     table = new if existing is None else existing.merge(new)
     if existing is not None:
         table.title = existing.title
-    paths = write_table(args.out, table, args.stem)
-    print(f"{shown(name)}" + ("" if args.t is None else f" t={args.t:g}") + f" ({n} images): "
+    paths = write_table(out, table, stem)
+    print(f"{shown(name)}" + ("" if t is None else f" t={t:g}") + f" ({n} images): "
           + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     print(f"protocol: {suite.protocol()}")
     print(f"table: {shown(paths[1])}", file=sys.stderr)

@@ -41,12 +41,13 @@ from ctsr.checkpoints import (
     safetensors_metadata,
     sweep_temp_files,
 )
-from ctsr.errors import ArgumentParser, ConfigError, MissingWeightsError, check, shown
+from ctsr.choices import SELECTION_RULES
+from ctsr.errors import ConfigError, MissingWeightsError, check, shown
 from ctsr.evaluation.tables import SWEEP_METHOD, read_table
 from ctsr.metrics import HIGHER_IS_BETTER
 
 METADATA_KEY = "selected_t"
-RULES = ("psnr-drop", "weighted")
+RULES = SELECTION_RULES
 FIDELITY = ("psnr", "ssim")
 REALNESS = ("lpips", "lpips_vgg", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
 
@@ -183,45 +184,34 @@ def selection_of(pl_module) -> dict | None:
 
 
 # -- the command line ----------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="ctsr select-t",
-        description="Choose t on a validation t-sweep table by a stated rule and record it in the model file.",
-    )
-    parser.add_argument("table", help="folder holding metrics.json (a `ctsr validate` run of the t sweep)")
-    parser.add_argument("--model", required=True, help="the exported .safetensors model file to record the t in")
-    parser.add_argument("--rule", default="psnr-drop", choices=RULES)
-    parser.add_argument("--max-psnr-drop", type=float, default=0.3, help="psnr-drop: dB allowed below the fidelity end")
-    parser.add_argument("--fidelity-weight", type=float, default=0.5, help="weighted: weight of the fidelity score")
-    parser.add_argument("--method", default=SWEEP_METHOD, help="whose rows to choose from (default CTSR)")
-    parser.add_argument("--split", default=None, help="name of the validation split in the record "
-                        "(default: the table's folder and split)")
-    parser.add_argument("--stem", default="metrics", help="the table's file name (metrics)")
-    parser.add_argument("--dry-run", action="store_true", help="print the choice, do not write the model file")
-    args = parser.parse_args(argv)
-    if not args.dry_run:  # the model file is rewritten in its folder: an unwritable folder fails before anything
-        check_writable(Path(args.model).parent, "--model")
-    folder = Path(args.table)
+def select_and_record(table: str | Path, *, model: str | Path, rule: str = "psnr-drop",
+                      max_psnr_drop: float = 0.3, fidelity_weight: float = 0.5, method: str = SWEEP_METHOD,
+                      split: str | None = None, stem: str = "metrics", dry_run: bool = False) -> int:
+    """``ctsr select-t``: choose t on the validation table in ``table`` by ``rule``, print the choice and (unless
+    ``dry_run``) record it in ``model``. Returns 0. The arguments are the command's options (:mod:`ctsr.cli.select_t`)."""
+    if not dry_run:  # the model file is rewritten in its folder: an unwritable folder fails before anything
+        check_writable(Path(model).parent, "--model")
+    folder = Path(table)
     if folder.suffix in (".json", ".csv", ".md"):
-        folder, args.stem = folder.parent, folder.stem
-    table = read_table(folder, args.stem)
+        folder, stem = folder.parent, folder.stem
+    table = read_table(folder, stem)
     if table is None:
-        raise ConfigError(f"TABLE: no {args.stem}.json in '{folder}' (run the t sweep with `ctsr validate` first)")
+        raise ConfigError(f"TABLE: no {stem}.json in '{folder}' (run the t sweep with `ctsr validate` first)")
     if table.split == "test":
         raise ConfigError(
             f"TABLE: '{folder}' was measured on a test split; choose t on a validation split (e.g. `ctsr validate "
             f"--config experiments/eval.yaml --data.init_args.val_pairs …`), then test at that t"
         )
     rows = {r.t: {k: v for k, v in r.values.items() if v is not None} for r in table.rows
-            if r.method == args.method and r.t is not None}
+            if r.method == method and r.t is not None}
     if not rows:
-        raise ConfigError(f"TABLE: '{shown(folder)}' has no rows of '{args.method}' with a t")
+        raise ConfigError(f"TABLE: '{shown(folder)}' has no rows of '{method}' with a t")
     if len(rows) < 2:
         raise ConfigError(
             f"TABLE: '{shown(folder)}' has rows for t = {', '.join(f'{t:g}' for t in rows)} only: nothing to choose "
             f"from (a stage-1 run's table?). Select on a t sweep of this model's validation run "
-            f"(`ctsr validate --config experiments/eval.yaml --model.init_args.model_path {shown(args.model)} …`)")
-    model = Path(args.model)
+            f"(`ctsr validate --config experiments/eval.yaml --model.init_args.model_path {shown(model)} …`)")
+    model = Path(model)
     if not model.is_file():
         raise MissingWeightsError(f"--model: model file '{shown(model)}' not found")
     check(model.suffix == ".safetensors", "--model",
@@ -229,20 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     warning = check_table_is_the_models(table, folder, model)
     if warning:
         print(f"ctsr select-t: warning: {warning}", file=sys.stderr)
-    t, params = select_t(rows, args.rule, args.max_psnr_drop, args.fidelity_weight)
-    split = args.split or f"{folder} ({table.split or 'unknown split'})"
-    selection = {"t": t, "rule": args.rule, "params": params, "split": split, "metrics": rows[t]}
+    t, params = select_t(rows, rule, max_psnr_drop, fidelity_weight)
+    split = split or f"{folder} ({table.split or 'unknown split'})"
+    selection = {"t": t, "rule": rule, "params": params, "split": split, "metrics": rows[t]}
     for s in sorted(rows):
         mark = "  <- selected" if s == t else ""
         print(f"t={s:g}: " + ", ".join(f"{k} {v:.4g}" for k, v in rows[s].items()) + mark)
-    print(f"selected t = {t:g} by {args.rule} {params} on {shown(split)}")
+    print(f"selected t = {t:g} by {rule} {params} on {shown(split)}")
     previous = read_selection(model)
-    if previous is not None and not args.dry_run:
+    if previous is not None and not dry_run:
         same = float(previous["t"]) == t
         print(f"ctsr select-t: {'keeps' if same else 'replaces'} the recorded t = {float(previous['t']):g} "
               f"(rule {shown(previous.get('rule', '?'))}, split {shown(previous.get('split', '?'))})",
               file=sys.stderr)
-    if not args.dry_run:
+    if not dry_run:
         record_selection(model, selection)
         print(f"recorded in '{shown(model)}' (metadata '{METADATA_KEY}')")
     return 0

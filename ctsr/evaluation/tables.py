@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctsr.checkpoints import atomic_write_files, sweep_temp_files
+from ctsr.choices import SWEEP_METHOD
 from ctsr.errors import ConfigError, describe
 from ctsr.metrics import METRIC_NAMES, column_name, protocol_line
 
-SWEEP_METHOD = "CTSR"
 # Columns beside the metrics: PSNR and LPIPS of SR(t) against the fidelity teacher's own image x_f = T_f(x_LR).
 EXTRA_COLUMNS = {"d_fidelity_psnr": "PSNR to x_f", "d_fidelity_lpips": "LPIPS to x_f"}
 _TWO_DECIMALS = ("psnr", "fid", "musiq", "d_fidelity_psnr")

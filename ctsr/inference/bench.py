@@ -1,5 +1,5 @@
 """``ctsr bench``: speed and memory of one-step ×4 SR, the bare diffusers graph against the project's upscale path,
-measured in the same run (STYLE habit 10: ratios, never a bare absolute time).
+measured in the same run (ratios: an absolute time says little across machines).
 
     ctsr bench                          # SD 2.1-base architecture, random init, bf16, CUDA: eager and compiled
     ctsr bench --size tiny --device cpu     # the script itself: eager rows (no compiling off CUDA), ~20 s on 2 cores
@@ -16,14 +16,14 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctsr.errors import ArgumentParser, CTSRError, check
-from ctsr.inference.upscale import PRECISIONS, REFERENCE_CELLS, Upscaler, resolve_device
+from ctsr.errors import check
+from ctsr.inference.upscale import REFERENCE_CELLS, Upscaler, resolve_device
 
 PAPER_TABLE8_CTSR = "1775 / 8.5"  # total / trainable, M (the paper counts as OSEDiff does, with its prompt extractor)
 
@@ -117,41 +117,25 @@ def _gib(x: float | None) -> str:
     return f"{x:6.1f}" if x is not None else "     -"
 
 
-def main(argv: list[str] | None = None) -> int:
-    description = __doc__.split("\n\n")[0].removeprefix("``ctsr bench``: ")
-    p = ArgumentParser(prog="ctsr bench", description=description)
-    p.add_argument("--size", default="sd21", choices=["sd21", "tiny"],
-                   help="sd21 (default): SD 2.1-base architecture, random init; tiny: the test models (checks the "
-                   "script)")
-    p.add_argument("--device", default=None, help="default: cuda when available")
-    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
-                   help="default auto: bf16 on CUDA, fp32 on the CPU")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per row, after warm-up (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per row (default 2; compiled rows: at least 2)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    p.add_argument("--t", type=float, nargs="+", default=[0.0, 0.5], dest="ts", metavar="T",
-                   help="control values (default 0 0.5)")
-    p.add_argument("--resolution", type=int, default=None, help="output side (default 512; tiny: 64)")
-    p.add_argument("--large", type=int, default=None,
-                   help="output side of the tiled large-image row, 0: skip (default 2048; tiny: 0)")
-    p.add_argument("--compile", dest="compile", action="store_true", default=None,
-                   help="also the torch.compile rows (default on CUDA; on a CPU compiling takes minutes)")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager rows only")
-    args = p.parse_args(argv)
-    check(args.repeats >= 1, "--repeats", f"must be ≥ 1, got {args.repeats}")
-    check(args.warmup >= 0, "--warmup", f"must be ≥ 0, got {args.warmup}")
-    check(all(b >= 1 for b in args.batches), "--batches", f"each must be ≥ 1, got {args.batches}")
-    check(all(0 <= t <= 1 for t in args.ts), "--t", f"each must lie in [0, 1], got {args.ts}")
-    check((args.resolution is None or args.resolution > 0) and (args.large is None or args.large >= 0),
+def run_bench(size: str = "sd21", device: str | None = None, precision: str = "auto", repeats: int = 10,
+              warmup: int = 2, batches: Sequence[int] = (1, 8), ts: Sequence[float] = (0.0, 0.5),
+              resolution: int | None = None, large: int | None = None, compile: bool | None = None) -> int:
+    """``ctsr bench``: the rows above, printed; ``resolution``/``large`` default to 512/2048 (``sd21``) or 64/0
+    (``tiny``), ``compile`` to on CUDA only. The arguments are the command's options (:mod:`ctsr.cli.bench`)."""
+    check(repeats >= 1, "--repeats", f"must be ≥ 1, got {repeats}")
+    check(warmup >= 0, "--warmup", f"must be ≥ 0, got {warmup}")
+    check(all(b >= 1 for b in batches), "--batches", f"each must be ≥ 1, got {batches}")
+    check(all(0 <= t <= 1 for t in ts), "--t", f"each must lie in [0, 1], got {ts}")
+    check((resolution is None or resolution > 0) and (large is None or large >= 0),
           "--resolution/--large", "must be positive (--large 0: skip)")
-    resolution = args.resolution or (512 if args.size == "sd21" else 64)
-    large = args.large if args.large is not None else (2048 if args.size == "sd21" else 0)
+    resolution = resolution or (512 if size == "sd21" else 64)
+    large = large if large is not None else (2048 if size == "sd21" else 0)
     check(resolution % 64 == 0 and large % 64 == 0, "--resolution/--large", "must be multiples of 64")
-    device = resolve_device(args.device)
-    compile_rows = device.type == "cuda" if args.compile is None else args.compile
+    device = resolve_device(device)
+    compile_rows = device.type == "cuda" if compile is None else compile
 
-    model, bare_unet, bare_vae, context, n = build(args.size, device)
-    up = Upscaler(model, str(device), args.precision, batch_size=max(args.batches))
+    model, bare_unet, bare_vae, context, n = build(size, device)
+    up = Upscaler(model, str(device), precision, batch_size=max(batches))
     dtype, K = up.dtype, model.control_steps
     for module in (bare_unet, bare_vae):
         nn.Module.to(module, device=device, dtype=dtype)
@@ -159,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     import diffusers
 
-    print(f"ctsr bench: {args.size} (random init), {name}, {str(dtype).removeprefix('torch.')}, "
+    print(f"ctsr bench: {size} (random init), {name}, {str(dtype).removeprefix('torch.')}, "
           f"{resolution}×{resolution} output, torch {torch.__version__}, diffusers {diffusers.__version__}")
     M = 1e6
     print(f"Table 8 row (this model): total {n['total'] / M:.2f} M parameters (UNet {n['unet'] / M:.2f} + VAE "
@@ -172,22 +156,22 @@ def main(argv: list[str] | None = None) -> int:
 
     g = torch.Generator().manual_seed(0)
     lr = resolution // 4
-    inputs = {b: torch.rand(b, 3, lr, lr, generator=g).to(device) for b in args.batches}
+    inputs = {b: torch.rand(b, 3, lr, lr, generator=g).to(device) for b in batches}
     results: dict[tuple, float] = {}  # (mode, batch, t) → ctsr images/s
     ratios: dict[tuple, float] = {}
     bare_gib = sum(p.numel() * p.element_size() for m in (bare_unet, bare_vae) for p in m.parameters()) / 2**30
 
     def rows(mode: str) -> None:
-        warmup = args.warmup if mode == "eager" else max(2, args.warmup)  # the first compiled calls compile
-        for b in args.batches:
+        n_warmup = warmup if mode == "eager" else max(2, warmup)  # the first compiled calls compile
+        for b in batches:
             x_lr = inputs[b]
             x_hr = (F.interpolate(x_lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1) * 2 - 1)
             x_hr = x_hr.to(dtype)
-            for t in args.ts:
+            for t in ts:
                 passes = 1 + (K if t > 0 else 0)
                 bare = bare_graph(bare_unet, bare_vae, context, t, K)
-                ms_bare, mem_bare = timed(lambda: bare(x_hr), device, args.repeats, warmup)  # noqa: B023 (run now)
-                ms_ctsr, mem_ctsr = timed(lambda: up(x_lr, [t]), device, args.repeats, warmup)  # noqa: B023
+                ms_bare, mem_bare = timed(lambda: bare(x_hr), device, repeats, n_warmup)  # noqa: B023 (run now)
+                ms_ctsr, mem_ctsr = timed(lambda: up(x_lr, [t]), device, repeats, n_warmup)  # noqa: B023
                 results[(mode, b, t)] = b * 1000 / ms_ctsr
                 ratios[(mode, b, t)] = ms_ctsr / ms_bare
                 for graph, ms, mem, ratio in (("bare", ms_bare, mem_bare, ""),
@@ -200,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     rows("eager")
     if large:  # eager, batch 1, as `ctsr upscale` runs by default (compiled, every new tile shape would recompile)
         x_big = torch.rand(1, 3, large // 4, large // 4, generator=g).to(device)
-        t, budget = max(args.ts), up.tiling.max_cells
+        t, budget = max(ts), up.tiling.max_cells
         if device.type == "cuda":
             torch.cuda.empty_cache()
         large_ms = {}
@@ -230,17 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 
     worst = max(ratios.values())
     throughput = results.get(("compiled", 8, 0.0))
-    verdict = args.size == "sd21" and device.type == "cuda"
+    verdict = size == "sd21" and device.type == "cuda"
     print(f"targets{'' if verdict else ' (judged for --size sd21 on CUDA only)'}: ctsr/bare ≤ 1.15 on every row: "
           f"worst {worst:.3f}{(' PASS' if worst <= 1.15 else ' FAIL') if verdict else ''}; compiled t=0 batch 8 "
           f"≥ 60 img/s: " + (f"{throughput:.1f}{(' PASS' if throughput >= 60 else ' FAIL') if verdict else ''}"
                              if throughput is not None else "not measured"))
     return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CTSRError as err:
-        print(f"ctsr bench: error: {err}", file=sys.stderr)
-        sys.exit(2)

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ctsr.choices import COLOR_FIXES
+
 ColorFix = Literal["adain", "wavelet", "none"]
-COLOR_FIXES = ("adain", "wavelet", "none")
 
 
 def _mean_std(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,6 @@ message, before they are decoded. Needs the ``demo`` extra: ``pip install 'ctsr[
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -29,47 +28,21 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, peek_size, read_image, write_image
-from ctsr.errors import ArgumentParser, ConfigError, check, describe
+from ctsr.choices import (
+    DEFAULT_MAX_PIXELS,  # LR pixels (w × h): a 1024² input becomes a 4096² output
+)
+from ctsr.data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImage,
+    peek_size,
+    read_image,
+    write_image,
+)
+from ctsr.errors import ConfigError, check, describe
 from ctsr.inference import upscale
 from ctsr.inference.upscale import Upscaler, UpscaleState, t_suffix
 
-DEFAULT_MAX_PIXELS = 1024 * 1024  # LR pixels (w × h): a 1024² input becomes a 4096² output
 T_STEP = 0.05
-# options of `ctsr upscale` that build its Upscaler and load the model: copied, defaults and help included
-UPSCALE_OPTIONS = ("device", "precision", "batch_size", "tile", "tile_overlap", "vae_tile", "vae_overlap",
-                   "shared_norms", "color", "compile", "control_steps", "pretrained", "osediff_lora", "prompting",
-                   "ram_weights", "dape_weights")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="ctsr demo",
-        description="A local web page with a t slider (0 = realness end, 1 = fidelity end): upload an image, see "
-        "the LR and the ×4 result beside the bicubic upscale; moving the slider only decodes (z0 and the velocity "
-        "are computed once per upload). Tiling, colour correction and their defaults are those of `ctsr upscale`.")
-    p.add_argument("--ckpt", default="mini",
-                   help="model: an exported .safetensors, a stage-2 .ckpt, a CTSR folder, a Hugging Face Hub id "
-                   "owner/name[@revision], or mini (default: the mini-world model shipped with ctsr)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"largest accepted upload in input pixels, width × height (default {DEFAULT_MAX_PIXELS} = "
-                   "1024²); larger ones are refused with a message")
-    p.add_argument("--t", type=float, default=None, dest="initial_t", metavar="T",
-                   help="the slider's start (default: the model's selected t, else 0.5); with --screenshot: where "
-                   "the slider is moved to (default 0.7)")
-    shared = p.add_argument_group("upscaling (as `ctsr upscale`, same defaults)")
-    for action in upscale.build_parser()._actions:
-        if action.dest in UPSCALE_OPTIONS:
-            shared._add_action(action)
-    shot = p.add_argument_group("screenshot (docs; needs playwright and chromium)")
-    shot.add_argument("--screenshot", type=Path, default=None, metavar="PNG",
-                      help="do not serve: open the page in headless Chromium, upload --image, move the slider to "
-                      "--t, write a screenshot of the page to PNG, exit")
-    shot.add_argument("--image", type=Path, default=None, help="the image uploaded for --screenshot")
-    return p
 
 
 def slider_start(model, requested: float | None) -> tuple[float, str | None]:
@@ -283,18 +256,25 @@ def set_slider(page, t: float, timeout_s: float = 60) -> None:
     box.blur()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    check(1 <= args.port <= 65535, "--port", f"must lie in [1, 65535], got {args.port}")
-    check(args.max_pixels >= 1, "--max-pixels", f"must be ≥ 1, got {args.max_pixels}")
-    check(args.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {args.batch_size}")
+def serve(ckpt: str | Path = "mini", *, host: str = "127.0.0.1", port: int = 7860,
+          max_pixels: int = DEFAULT_MAX_PIXELS, initial_t: float | None = None, screenshot: Path | None = None,
+          image: Path | None = None, device: str | None = None, precision: str = "auto", batch_size: int = 1,
+          tile: int = 96, tile_overlap: int = 32, vae_tile: int = 256, vae_overlap: int = 32,
+          shared_norms: str = "unet", color: str = "adain", compile: bool = False, control_steps: int | None = None,
+          pretrained: str | None = None, osediff_lora: str | None = None, prompting: str = "model",
+          ram_weights: str | None = None, dape_weights: str | None = None) -> int:
+    """``ctsr demo``: serve the page until Ctrl+C (or, with ``screenshot``, write the page's screenshot and return);
+    the keyword arguments are the command's options (:mod:`ctsr.cli.demo`), the upscaler's those of ``ctsr upscale``."""
+    check(1 <= port <= 65535, "--port", f"must lie in [1, 65535], got {port}")
+    check(max_pixels >= 1, "--max-pixels", f"must be ≥ 1, got {max_pixels}")
+    check(batch_size >= 1, "--batch-size", f"must be ≥ 1, got {batch_size}")
     from ctsr.models.control import MAX_CONTROL_STEPS
 
-    check(args.control_steps is None or 1 <= args.control_steps <= MAX_CONTROL_STEPS, "--control-steps",
-          f"must lie in [1, {MAX_CONTROL_STEPS}], got {args.control_steps}")
-    if args.screenshot is not None:
-        check(args.image is not None and args.image.is_file(), "--image",
-              f"give the image to upload for --screenshot (got {args.image})")
+    check(control_steps is None or 1 <= control_steps <= MAX_CONTROL_STEPS, "--control-steps",
+          f"must lie in [1, {MAX_CONTROL_STEPS}], got {control_steps}")
+    if screenshot is not None:
+        check(image is not None and image.is_file(), "--image",
+              f"give the image to upload for --screenshot (got {image})")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
@@ -302,36 +282,36 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("ctsr demo needs gradio: pip install 'ctsr[demo]' (or `make install`)") from None
     from ctsr.models.export import load_model
 
-    device = upscale.resolve_device(args.device)  # before loading: a wrong device fails fast
-    model = load_model(args.ckpt, args.pretrained, args.osediff_lora)
-    if args.control_steps is not None:
-        model.control_steps = args.control_steps
+    device = upscale.resolve_device(device)  # before loading: a wrong device fails fast
+    model = load_model(ckpt, pretrained, osediff_lora)
+    if control_steps is not None:
+        model.control_steps = control_steps
     from ctsr.models.prompting import configure_prompts
 
-    configure_prompts(model.generator, args.prompting, args.ram_weights, args.dape_weights)
+    configure_prompts(model.generator, prompting, ram_weights, dape_weights)
     controllable = getattr(model, "supports_control", True)
-    initial_t, line = slider_start(model, None if args.screenshot is not None else args.initial_t)
+    start_t, line = slider_start(model, None if screenshot is not None else initial_t)
     if line:
         print(f"ctsr demo: {line}", file=sys.stderr)
     # --screenshot: the page starts at the default t and the slider is moved to --t (0.7 when not given)
-    shot_t = upscale.check_t_values(model, [args.initial_t if args.initial_t is not None else 0.7])[0]
+    shot_t = upscale.check_t_values(model, [initial_t if initial_t is not None else 0.7])[0]
     # the Upscaler of `ctsr upscale`, from the same options (the same code path, the same defaults)
-    upscaler = Upscaler(model, str(device), args.precision, args.tile, args.tile_overlap, args.vae_tile,
-                        args.vae_overlap, args.color, args.batch_size, args.compile,
-                        shared_norms=args.shared_norms)
+    upscaler = Upscaler(model, str(device), precision, tile, tile_overlap, vae_tile,
+                        vae_overlap, color, batch_size, compile,
+                        shared_norms=shared_norms)
     with tempfile.TemporaryDirectory(prefix="ctsr-demo-") as tmp:
-        demo = Demo(upscaler, args.max_pixels, Path(tmp))
-        ckpt = Path(str(args.ckpt))
-        name = f"{ckpt.parent.name}/{ckpt.name}" if ckpt.is_file() and ckpt.parent.name else str(args.ckpt)
+        demo = Demo(upscaler, max_pixels, Path(tmp))
+        path = Path(str(ckpt))
+        name = f"{path.parent.name}/{path.name}" if path.is_file() and path.parent.name else str(ckpt)
         base = model.generator.config.get("pretrained")
         note = {"tiny": "A tiny random-init model (a smoke test): the page works as with a real model, the pictures "
                         "are not meant to look good.",
                 "mini": "The mini-world model: a 1.4 M-parameter student of SD's classes, trained on a CPU on 19 "
                         "photos with Real-ESRGAN x4plus as its realness teacher (README, \"Mini world\"). Real "
                         "use wants a model trained on SD 2.1-base."}.get(base, "")
-        page = build_page(demo, initial_t, controllable, f"CTSR ×4 — {name}", note)
-        host = "127.0.0.1" if args.screenshot is not None else args.host
-        port = free_port() if args.screenshot is not None else args.port
+        page = build_page(demo, start_t, controllable, f"CTSR ×4 — {name}", note)
+        host = "127.0.0.1" if screenshot is not None else host
+        port = free_port() if screenshot is not None else port
         launch = dict(server_name=host, server_port=port, theme=_theme(), ssr_mode=False, mcp_server=False,
                       footer_links=["gradio"], max_file_size="100mb", allowed_paths=[tmp], quiet=True,
                       prevent_thread_lock=True)
@@ -341,17 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:  # the port is taken
             raise ConfigError(f"--port: cannot serve on {host}:{port} ({describe(err)})") from None
         try:
-            if args.screenshot is not None:
-                take_screenshot(f"http://{host}:{port}/", args.image, shot_t, args.screenshot, start_t=initial_t)
-                print(f"ctsr demo: wrote {args.screenshot}")
+            if screenshot is not None:
+                take_screenshot(f"http://{host}:{port}/", image, shot_t, screenshot, start_t=start_t)
+                print(f"ctsr demo: wrote {screenshot}")
                 return 0
-            print(f"ctsr demo: serving {args.ckpt} on http://{host}:{port} (Ctrl+C stops)", flush=True)
+            print(f"ctsr demo: serving {ckpt} on http://{host}:{port} (Ctrl+C stops)", flush=True)
             signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl+C does: files cleaned up
             page.block_thread()
             return 0
         finally:
             page.close()
-
 
 def _loopback_without_proxies(host: str) -> None:
     """gradio checks its own page over HTTP after it starts (httpx, which honours HTTP(S)_PROXY): loopback must
@@ -385,11 +364,3 @@ def _loopback_without_proxies(host: str) -> None:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as err:
-        print(f"ctsr demo: error: {err}", file=sys.stderr)
-        sys.exit(2)

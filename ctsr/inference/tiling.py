@@ -59,10 +59,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctsr.choices import (
+    SHARED_NORMS,  # whose tiles share each image's GroupNorm statistics
+)
 from ctsr.errors import check
 
 GAUSSIAN_SIGMA = 0.1  # σ of the blending weights, as a fraction of the tile side
-SHARED_NORMS = ("unet", "all", "none")  # whose tiles share each image's GroupNorm statistics
 LOCKSTEP_TIMEOUT_S = 3600.0  # the longest a tile call waits for the others at a shared norm
 
 

@@ -12,7 +12,6 @@ any image failed. Existing outputs are kept unless ``--overwrite``; nothing is e
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import re
@@ -26,14 +25,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctsr.checkpoints import atomic_write, check_writable, sweep_temp_files
-from ctsr.data.images import IMAGE_EXTENSIONS, UnreadableImage, list_images, peek_size, read_image, write_image
-from ctsr.errors import ArgumentParser, ConfigError, CTSRError, check, describe, shown
+from ctsr.choices import PRECISION_NAMES
+from ctsr.data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImage,
+    list_images,
+    peek_size,
+    read_image,
+    write_image,
+)
+from ctsr.errors import ConfigError, check, describe, shown
 from ctsr.inference.color import COLOR_FIXES, ColorFix, color_fix
-from ctsr.inference.tiling import SHARED_NORMS, Tiling, lr_multiple, pad_to_multiple
+from ctsr.inference.tiling import Tiling, lr_multiple, pad_to_multiple
 
 # write errors that end the run (one line naming the file; the images written before are kept)
 STOPPING_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 REFERENCE_CELLS = 64 * 64  # latent pixels of one 512×512 output: the unit of ``batch_size`` for tiles
 
@@ -355,56 +362,6 @@ def _prepare_outputs(jobs: list[Job]) -> None:
         sweep_temp_files(folder, names, legacy=[re.compile(r"^\." + re.escape(n) + r"\.part$") for n in names])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="ctsr upscale",
-        description="Super-resolve images ×4 with a trained CTSR model at one or several control values t "
-        "(0 = realness end, 1 = fidelity end). Any image size (tiled); existing outputs are kept unless --overwrite.",
-    )
-    p.add_argument("input", type=Path, help="an image file, or a folder (searched recursively)")
-    p.add_argument("output", type=Path, help="output file (for one input file) or folder; never inside INPUT")
-    p.add_argument("--ckpt", default="mini", help="model: an exported .safetensors, a stage-2 (or stage-1) .ckpt, "
-                   "a run folder (its newest checkpoint), a CTSR folder, a Hugging Face Hub id owner/name[@revision], "
-                   "or mini (default: the mini-world model shipped with ctsr)")
-    p.add_argument("--t", type=float, nargs="+", default=None, metavar="T",
-                   help="control value(s) in [0, 1]; several write <name>_t<T>.<ext> each. Default: the t recorded "
-                   "in the model file by `ctsr select-t` (printed), else 0")
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
-                   help="default auto: bf16 on CUDA, fp32 on the CPU")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="images of equal size per network call (default 1); tiles per call: as many pixels")
-    p.add_argument("--tile", type=int, default=96,
-                   help="UNet tile side in latent pixels, ×8 in the output (default 96); 0: none")
-    p.add_argument("--tile-overlap", type=int, default=32, help="overlap of UNet tiles in latent pixels (default 32)")
-    p.add_argument("--vae-tile", type=int, default=256,
-                   help="VAE encoder/decoder tile side in latent pixels (default 256 = 2048 output px); 0: none")
-    p.add_argument("--vae-overlap", type=int, default=32, help="overlap of VAE tiles in latent pixels (default 32)")
-    p.add_argument("--shared-norms", default="unet", choices=SHARED_NORMS,
-                   help="whose tiles normalise with the whole image's GroupNorm statistics, as untiled: unet "
-                   "(default), all (the VAE's too: memory about that of the untiled VAE), none (per tile)")
-    p.add_argument("--color", default="adain", choices=COLOR_FIXES,
-                   help="colour correction against the bicubic-upscaled input (default adain, as OSEDiff)")
-    p.add_argument("--format", default="png", choices=["png", "keep"],
-                   help="format of files written into a folder: png (default) or keep the input's")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality when writing those formats (default 95)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--compile", action="store_true", help="torch.compile the networks (long runs, equal sizes)")
-    p.add_argument("--control-steps", type=int, default=None,
-                   help="K of the K-step control integration (default: the value stored in the model)")
-    p.add_argument("--pretrained", default=None, help="override the SD 2.1-base location stored in the model file")
-    p.add_argument("--osediff-lora", default=None, help="override the OSEDiff LoRA file stored in the model file")
-    p.add_argument("--prompting", default="model", choices=["model", "fixed", "dape"],
-                   help="the prompt c: model (default: as the model file records; fixed when it records none), fixed "
-                   "(the model's prompt for every image) or dape (per-image DAPE tags, as OSEDiff; the prompt is "
-                   "written beside the outputs as <name>.txt)")
-    p.add_argument("--ram-weights", default=None,
-                   help="with DAPE prompts: RAM's ram_swin_large_14m.pth (default: as recorded, weights/…)")
-    p.add_argument("--dape-weights", default=None,
-                   help="with DAPE prompts: DAPE.pth (default: as recorded, weights/DAPE.pth); '' for plain RAM")
-    return p
-
-
 def prompt_file(job: Job, several: bool) -> Path:
     """Where the prompt of ``job``'s image is written: beside its output(s), ``<output stem>.txt`` (without the
     ``_t<T>`` suffix when several t are written; OSEDiff writes ``txt/<name>.txt``)."""
@@ -413,30 +370,43 @@ def prompt_file(job: Job, several: bool) -> Path:
     return path.with_name(stem + ".txt")
 
 
-def main(argv: list[str] | None = None) -> int:
+def upscale_paths(input: Path, output: Path, *, ckpt: str | Path = "mini", t: Sequence[float] | None = None,
+                  device: str | None = None, precision: str = "auto", batch_size: int = 1, tile: int = 96,
+                  tile_overlap: int = 32, vae_tile: int = 256, vae_overlap: int = 32, shared_norms: str = "unet",
+                  color: str = "adain", format: str = "png", quality: int = 95, overwrite: bool = False,
+                  compile: bool = False, control_steps: int | None = None, pretrained: str | None = None,
+                  osediff_lora: str | None = None, prompting: str = "model", ram_weights: str | None = None,
+                  dape_weights: str | None = None) -> int:
+    """``ctsr upscale``: every image of ``input`` (a file or a folder) ×4 into ``output`` at each t; the exit status
+    (0, or 1 when any image failed). The keyword arguments are the command's options (:mod:`ctsr.cli.upscale`)."""
     from tqdm import tqdm
 
     from ctsr.models.control import MAX_CONTROL_STEPS
-    from ctsr.models.export import describe_selection, load_model, recorded_selection, report_source
+    from ctsr.models.export import (
+        describe_selection,
+        load_model,
+        recorded_selection,
+        report_source,
+    )
 
-    args = build_parser().parse_args(argv)
-    check(1 <= args.quality <= 100, "--quality", f"must lie in [1, 100], got {args.quality}")
-    check(args.control_steps is None or 1 <= args.control_steps <= MAX_CONTROL_STEPS, "--control-steps",
-          f"must lie in [1, {MAX_CONTROL_STEPS}], got {args.control_steps}")
-    if args.t is not None:
-        check_t_values(None, args.t)
-    check(args.tile >= 0, "--tile", f"must be ≥ 0 (0: no tiling), got {args.tile}")
-    check(args.vae_tile >= 0, "--vae-tile", f"must be ≥ 0 (0: no tiling), got {args.vae_tile}")
-    source = report_source(args.ckpt, "ctsr upscale")
-    if args.t is None:  # the model's own t (`ctsr select-t`), read from its file's header, else the realness end
+    input, output = Path(input), Path(output)
+    check(1 <= quality <= 100, "--quality", f"must lie in [1, 100], got {quality}")
+    check(control_steps is None or 1 <= control_steps <= MAX_CONTROL_STEPS, "--control-steps",
+          f"must lie in [1, {MAX_CONTROL_STEPS}], got {control_steps}")
+    if t is not None:
+        check_t_values(None, t)
+    check(tile >= 0, "--tile", f"must be ≥ 0 (0: no tiling), got {tile}")
+    check(vae_tile >= 0, "--vae-tile", f"must be ≥ 0 (0: no tiling), got {vae_tile}")
+    source = report_source(ckpt, "ctsr upscale")
+    if t is None:  # the model's own t (`ctsr select-t`), read from its file's header, else the realness end
         selected = recorded_selection(source)
-        args.t = [0.0 if selected is None else float(selected["t"])]
+        t = [0.0 if selected is None else float(selected["t"])]
         if selected is not None:
             print(f"ctsr upscale: using the model's {describe_selection(selected)}; --t overrides it",
                   file=sys.stderr)
-    ts = check_t_values(None, args.t)
-    jobs, kept = plan_jobs(args.input, args.output, ts, args.format, args.overwrite)
-    unusable, other = unusable_inputs(args.input)
+    ts = check_t_values(None, t)
+    jobs, kept = plan_jobs(input, output, ts, format, overwrite)
+    unusable, other = unusable_inputs(input)
     for path, reason in unusable:
         print(f"ctsr upscale: skipped {path}: {reason}", file=sys.stderr)
     hint = " (use --overwrite to replace them)" if kept else ""
@@ -446,23 +416,23 @@ def main(argv: list[str] | None = None) -> int:
                  if unusable else ""))
         return 1 if unusable else 0
     _prepare_outputs(jobs)
-    device = resolve_device(args.device)  # before loading: a wrong device fails fast
-    model = load_model(source, args.pretrained, args.osediff_lora)
+    device = resolve_device(device)  # before loading: a wrong device fails fast
+    model = load_model(source, pretrained, osediff_lora)
     check_t_values(model, ts)
-    if args.control_steps is not None:
-        model.control_steps = args.control_steps
+    if control_steps is not None:
+        model.control_steps = control_steps
     from ctsr.models.prompting import configure_prompts
 
-    configure_prompts(model.generator, args.prompting, args.ram_weights, args.dape_weights)
-    upscaler = Upscaler(model, str(device), args.precision, args.tile, args.tile_overlap, args.vae_tile,
-                        args.vae_overlap, args.color, args.batch_size, args.compile,
-                        shared_norms=args.shared_norms)
+    configure_prompts(model.generator, prompting, ram_weights, dape_weights)
+    upscaler = Upscaler(model, str(device), precision, tile, tile_overlap, vae_tile,
+                        vae_overlap, color, batch_size, compile,
+                        shared_norms=shared_norms)
 
     # equal sizes go through the network together; the header tells the size without decoding the image
     jobs.sort(key=lambda j: (peek_size(j.source) or (0, 0))[::-1])  # (h, w); unreadable first
     failed: list[tuple[Path, str]] = list(unusable)
     done = written = 0
-    bar = tqdm(total=len(jobs), unit="img", desc="upscale", disable=not args.input.is_dir(), file=sys.stderr)
+    bar = tqdm(total=len(jobs), unit="img", desc="upscale", disable=not input.is_dir(), file=sys.stderr)
 
     def fail(job: Job, reason: str) -> None:
         failed.append((job.source, reason))
@@ -471,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     i = 0
     while i < len(jobs):
         group: list[tuple[Job, Tensor]] = []
-        while i < len(jobs) and len(group) < args.batch_size:
+        while i < len(jobs) and len(group) < batch_size:
             job = jobs[i]
             i += 1
             try:
@@ -510,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 for t, sr in zip(ts_group, results):
-                    _write(sr[k], job.outputs[t], args.quality)  # creates the folder; one OutputError if it cannot
+                    _write(sr[k], job.outputs[t], quality)  # creates the folder; one OutputError if it cannot
                     written += 1
                 if upscaler.last_prompts is not None:  # the prompt this image was upscaled with, beside it
                     with atomic_write(prompt_file(job, len(ts) > 1), "OUTPUT") as f:
@@ -525,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
 
     summary = (f"ctsr upscale: {done} of {len(jobs)} image(s) upscaled, {written} file(s) written to "
-               f"{shown(args.output)}")
+               f"{shown(output)}")
     if kept:
         summary += f"; {kept} existing output file(s) kept{hint}"
     if failed:
@@ -536,11 +506,3 @@ def main(argv: list[str] | None = None) -> int:
         summary += " …" if len(other) > 3 else ""
     print(summary)
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CTSRError as err:
-        print(f"ctsr upscale: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)

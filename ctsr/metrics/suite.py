@@ -14,18 +14,16 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+# the metric names are spelled once in ctsr.choices (the command lines read them without torch):
+# DEFAULT_METRICS: OSEDiff's test_metrics.py set (and the paper's columns), every metric but LPIPS-VGG;
+# NO_REFERENCE: the metrics that score SR images alone (``ctsr score SR_DIR`` without HR_DIR)
+from ctsr.choices import DEFAULT_METRICS, METRIC_NAMES, NO_REFERENCE
 from ctsr.errors import check
 from ctsr.metrics import image_metrics as im
 from ctsr.metrics.functional import ColorSpace, quantize_8bit
 from ctsr.metrics.networks import Fidelity, Weights, build_fid_features, build_scorer
 from ctsr.metrics.weight_files import check_weights
 
-METRIC_NAMES: tuple[str, ...] = (
-    "psnr", "ssim", "lpips", "lpips_vgg", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
-# OSEDiff's test_metrics.py set (and the paper's columns): every metric but LPIPS-VGG.
-DEFAULT_METRICS: tuple[str, ...] = tuple(m for m in METRIC_NAMES if m != "lpips_vgg")
-# No-reference metrics: they score SR images alone (``ctsr score SR_DIR`` without HR_DIR).
-NO_REFERENCE: tuple[str, ...] = ("niqe", "musiq", "maniqa", "clipiqa")
 DISPLAY_NAMES: dict[str, str] = {
     "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "lpips_vgg": "LPIPS-VGG", "dists": "DISTS", "fid": "FID",
     "niqe": "NIQE", "musiq": "MUSIQ", "maniqa": "MANIQA", "clipiqa": "CLIPIQA",

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from ctsr.checkpoints import check_writable, sweep_temp_files
-from ctsr.errors import ArgumentParser, ConfigError, shown
+from ctsr.errors import ConfigError, shown
+
 # the loaders live beside the model they build (ctsr.models.control); imported from here by the tools and tests
 from ctsr.models.control import Stage1Only, load_model, model_from_checkpoint
 from ctsr.models.sources import resolve_model_spec
 
-__all__ = ["Stage1Only", "describe_selection", "load_model", "main", "model_from_checkpoint", "recorded_selection",
+__all__ = ["Stage1Only", "describe_selection", "export_checkpoint", "load_model", "model_from_checkpoint", "recorded_selection",
            "report_source", "resolve_model_spec"]
 
 
@@ -71,32 +72,23 @@ def report_source(spec: str | Path, tool: str) -> str | Path:
     return source
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="ctsr export", description="Write a stage-2 checkpoint as one safetensors file (stage-1 LoRA + "
-        "stage-2 LoRA + the config that rebuilds it), loadable with ControllableSR.load — no Lightning needed.")
-    parser.add_argument("ckpt", help="stage-2 checkpoint (runs/<name>/checkpoints/last.ckpt), or the run folder "
-                        "runs/<name> (its newest checkpoint by recorded step)")
-    parser.add_argument("out", help="output .safetensors file")
-    parser.add_argument("--pretrained", help="override the base model location stored in the checkpoint")
-    parser.add_argument("--osediff-lora", help="override the OSEDiff LoRA file stored in the checkpoint")
-    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    parser.add_argument("--half", action="store_true",
-                        help="store the weights in float16 (half the size; loaded back into float32)")
-    args = parser.parse_args(argv)
-    out = Path(args.out).expanduser()
+def export_checkpoint(ckpt: str | Path, out: str | Path, *, pretrained: str | None = None,
+                      osediff_lora: str | None = None, force: bool = False, half: bool = False) -> int:
+    """``ctsr export``: write the stage-2 model of ``ckpt`` (a checkpoint or a run folder) to ``out``
+    (``.safetensors``), float16 with ``half``; refuses to overwrite without ``force``. Returns 0."""
+    out = Path(out).expanduser()
     if out.suffix != ".safetensors":
         raise ConfigError(f"out: '{out}' must end in .safetensors")
-    if out.exists() and not args.force:
+    if out.exists() and not force:
         raise ConfigError(f"out: '{out}' exists (use --force to overwrite)")
-    if Path(args.ckpt).expanduser().resolve() == out.resolve():
+    if Path(ckpt).expanduser().resolve() == out.resolve():
         raise ConfigError(f"out: '{shown(out)}' is the input file")
     check_writable(out.parent, "out")  # a read-only or unwritable folder: one line before the model is loaded
     sweep_temp_files(out.parent, [out.name])  # the temporary file of an export that was killed
-    source = report_source(args.ckpt, "ctsr export")
-    model = load_model(source, args.pretrained, args.osediff_lora)
+    source = report_source(ckpt, "ctsr export")
+    model = load_model(source, pretrained, osediff_lora)
     if isinstance(model, Stage1Only):
         raise ConfigError(f"'{shown(source)}' is a stage-1 checkpoint; export a stage-2 one")
-    model.export(out, torch.float16 if args.half else None)  # atomic: a temporary file, then a rename
+    model.export(out, torch.float16 if half else None)  # atomic: a temporary file, then a rename
     print(f"wrote {shown(out)} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -27,7 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ctsr.errors import ArgumentParser, ConfigError, CTSRError, MissingWeightsError, describe
+from ctsr.choices import SD21_BASE_LICENSE
+from ctsr.errors import ConfigError, CTSRError, MissingWeightsError, describe
 from ctsr.models.control import FORMAT, Stage1Only, load_model, load_pretrained
 from ctsr.models.sources import (
     CARD_NAME,
@@ -43,10 +44,9 @@ from ctsr.models.sources import (
 # loading lives beside the model (ctsr.models.control) and the folder layout in ctsr.models.sources; both are
 # named here too, as the Hub's side of a model
 __all__ = ["CARD_NAME", "CONFIG_NAME", "FOLDER_FILES", "SD21_BASE_LICENSE", "WEIGHTS_NAME", "load_pretrained",
-           "main", "model_card", "parse_hub_id", "push", "resolve_folder", "run_facts", "weights_file",
+           "model_card", "parse_hub_id", "publish", "push", "resolve_folder", "run_facts", "weights_file",
            "write_folder"]
 
-SD21_BASE_LICENSE = "openrail++"  # CreativeML Open RAIL++-M: SD 2.1-base's licence, inherited by models built on it
 
 
 # -- publishing --------------------------------------------------------------------------------------------------
@@ -197,7 +197,11 @@ def _model_meta(path: Path) -> dict:
     """The metadata of an exported CTSR file (no tensors read)."""
     from ctsr.checkpoints import json_meta, safetensors_metadata
     from ctsr.errors import shown
-    from ctsr.models.control import check_control_config, check_generator_config, check_selection
+    from ctsr.models.control import (
+        check_control_config,
+        check_generator_config,
+        check_selection,
+    )
 
     meta = safetensors_metadata(path, "FILE")
     if meta.get("format") != FORMAT:
@@ -271,34 +275,21 @@ def push(model_file: str | Path, repo_id: str, private: bool = False, revision: 
     return str(getattr(info, "commit_url", info))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(
-        prog="ctsr push", description="Publish a trained CTSR model on the Hugging Face Hub: the exported file, a "
-        "config.json and a generated model card (base model, OSEDiff file, teachers, training steps, the run's "
-        "t-sweep table, the metric protocol, the licence). Load it back with --ckpt owner/name.")
-    parser.add_argument("file", help="an exported .safetensors (`ctsr export`) or a stage-2 .ckpt")
-    parser.add_argument("repo_id", help="the Hub repo, owner/name (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--revision", "--branch", dest="revision", default=None,
-                        help="upload to this branch (created from main if missing); default main")
-    parser.add_argument("--license", default=SD21_BASE_LICENSE,
-                        help=f"licence field of the model card (default {SD21_BASE_LICENSE}, SD 2.1-base's)")
-    parser.add_argument("--message", default=None, help="commit message")
-    parser.add_argument("--token", default=None, help="Hub token (default: the one of `hf auth login`, or HF_TOKEN)")
-    parser.add_argument("--dry-run", action="store_true", help="write the folder (see --out) and upload nothing")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write the folder here instead of uploading (implies --dry-run)")
-    args = parser.parse_args(argv)
-    if parse_hub_id(args.repo_id) is None or "@" in args.repo_id:
-        raise ConfigError(f"repo_id: '{args.repo_id}' is not a Hub repo id (owner/name)")
-    if args.dry_run or args.out is not None:
-        out = args.out or Path(f"{args.repo_id.replace('/', '--')}")
+def publish(file: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+            license: str = SD21_BASE_LICENSE, message: str | None = None, token: str | None = None,
+            dry_run: bool = False, out: Path | None = None) -> int:
+    """``ctsr push``: upload ``file`` as a CTSR folder to ``repo_id``, or (``dry_run``/``out``) write the folder only.
+    Returns 0."""
+    if parse_hub_id(repo_id) is None or "@" in repo_id:
+        raise ConfigError(f"repo_id: '{repo_id}' is not a Hub repo id (owner/name)")
+    if dry_run or out is not None:
+        out = out or Path(f"{repo_id.replace('/', '--')}")
         if out.exists() and (not out.is_dir() or any(p.name not in FOLDER_FILES for p in out.iterdir())):
             raise ConfigError(f"--out: '{out}' holds other files; give an empty or new folder")
-        write_folder(args.file, args.repo_id, out, args.license)
+        write_folder(file, repo_id, out, license)
         print(f"ctsr push: wrote {', '.join(FOLDER_FILES)} to {out} (dry run, nothing uploaded)")
         return 0
-    url = push(args.file, args.repo_id, args.private, args.revision, args.license, args.message, args.token)
-    print(f"ctsr push: uploaded {args.file} to {args.repo_id}" + (f"@{args.revision}" if args.revision else "")
+    url = push(file, repo_id, private, revision, license, message, token)
+    print(f"ctsr push: uploaded {file} to {repo_id}" + (f"@{revision}" if revision else "")
           + f": {url}")
     return 0

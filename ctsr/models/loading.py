@@ -17,6 +17,7 @@ from torch import nn
 from ctsr.errors import ConfigError, MissingWeightsError, describe
 from ctsr.models import configs
 from ctsr.models.lora import merge_and_remove_lora
+from ctsr.quiet import no_loading_bars
 
 HF_CACHE_HINT = "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface)"
 
@@ -63,12 +64,13 @@ def load_part(source: str, subfolder: str, loader, what: str, local_files_only: 
     if looks_local and not local.exists():
         raise MissingWeightsError(f"{what}: the folder '{source}' does not exist. Put {_where_to_put(source)}.")
     try:
-        return loader.from_pretrained(
-            str(local) if local.exists() else source,
-            subfolder=subfolder,
-            local_files_only=local_files_only,
-            **kwargs,
-        )
+        with no_loading_bars():  # transformers' "Loading weights" bar: noise in every command's output
+            return loader.from_pretrained(
+                str(local) if local.exists() else source,
+                subfolder=subfolder,
+                local_files_only=local_files_only,
+                **kwargs,
+            )
     except (OSError, ValueError) as err:  # huggingface_hub's offline/not-found errors derive from OSError
         raise MissingWeightsError(
             f"{what}: could not load '{subfolder}' from '{source}' ({describe(err)}). Put it in {_where_to_put(source)}."

@@ -195,22 +195,3 @@ def write_rrdbnet_pth(param: str | Path, bin_file: str | Path, out: str | Path) 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({"params_ema": state}, out)
     return arch
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ctsr.errors import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="ctsr convert-ncnn",
-        description="Convert a Real-ESRGAN RRDBNet ×4 model from ncnn files (.param + .bin) to a BasicSR-layout "
-                    ".pth ({'params_ema': …}) that spandrel and `AnchoredTeacher(sr_model: FILE)` load. Files of "
-                    "another architecture are refused.",
-    )
-    parser.add_argument("param", help="the ncnn .param file (e.g. REALESRGAN_X4PLUS_UP4X.param)")
-    parser.add_argument("bin", help="the ncnn .bin file beside it")
-    parser.add_argument("out", help="the .pth to write (e.g. weights/RealESRGAN_x4plus.pth)")
-    args = parser.parse_args(argv)
-    arch = write_rrdbnet_pth(args.param, args.bin, args.out)
-    print(f"wrote '{args.out}': RRDBNet ×{arch['scale']}, {arch['num_block']} blocks, {arch['num_feat']} features, "
-          f"growth {arch['num_grow_ch']}")
-    return 0

@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor, nn
 
+from ctsr.choices import PROMPTINGS
 from ctsr.errors import check
 
 PromptMode = Literal["fixed", "dape"]
@@ -217,7 +218,7 @@ def configure_prompts(generator: nn.Module, mode: Literal["model", "fixed", "dap
     """Choose how a loaded model is prompted (``ctsr upscale`` / ``ctsr demo``), before its text encoder is
     released: ``model`` keeps what the model file records (a fixed prompt when it records none), ``fixed`` the
     fixed prompt, ``dape`` per-image DAPE tags; ``ram_weights`` / ``dape_weights`` override the recorded files."""
-    check(mode in ("model", "fixed", "dape"), "--prompting", f"one of model, fixed, dape; got {mode!r}")
+    check(mode in PROMPTINGS, "--prompting", f"one of {', '.join(PROMPTINGS)}; got {mode!r}")
     prompter = getattr(generator, "prompter", None)
     if mode == "fixed":
         generator.prompter = None

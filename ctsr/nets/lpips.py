@@ -8,6 +8,7 @@ from torch import nn
 
 from ctsr.checkpoints import check_weight_file, weights_only_loads
 from ctsr.errors import check
+from ctsr.quiet import lpips_backbone_warnings
 from ctsr.weights import VGG16_FILE, require_file, torch_hub_checkpoints
 
 LPIPSWeights = Literal["pretrained", "random"]
@@ -21,7 +22,9 @@ def build_lpips(weights: LPIPSWeights = "pretrained") -> nn.Module:
 
     check(weights in ("pretrained", "random"), "lpips_weights", f"must be pretrained or random, got {weights!r}")
     what = "LPIPS(vgg) loss"
-    with weights_only_loads(what):  # torchvision's and lpips' own torch.load calls read tensors only
+    # torchvision's and lpips' own torch.load calls read tensors only; lpips builds its VGG with torchvision's
+    # deprecated `pretrained=` argument (two warnings a user cannot act on)
+    with weights_only_loads(what), lpips_backbone_warnings():
         if weights == "pretrained":
             path = require_file(torch_hub_checkpoints() / VGG16_FILE, what,
                                 "https://download.pytorch.org/models/" + VGG16_FILE)

@@ -1,5 +1,4 @@
-"""``ctsr``: the LightningCLI (fit / validate / test / predict), plus the user tools (upscale, export, bench, score,
-select-t).
+"""``ctsr fit | validate | test | predict``: the LightningCLI, with the run folder's rules.
 
 The model and the data module are chosen by ``class_path`` in the YAML (``experiments/*.yaml``). Every run lives
 in one folder, ``<save_dir>/<name>`` of its TensorBoard logger: event files, ``checkpoints/``, the resolved
@@ -13,27 +12,17 @@ full disk or a read-only folder is one line naming the path; ``--ckpt_path last`
 the highest recorded step, never step 0; a resume with other settings is refused unless ``--resume_with_changes
 true``; every float setting must be finite; SIGINT/SIGTERM save ``last.ckpt`` and exit 130/143; non-finite
 losses/gradients are skipped and stop the run after ``--nonfinite_patience`` in a row
-(:class:`ctsr.lit.common.RunGuard`).
+(:class:`ctsr.lit.common.RunGuard`). The training bar counts steps out of ``max_steps``
+(:class:`ctsr.callbacks.progress.StepProgressBar`).
 """
 from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 from ctsr.errors import ConfigError, CTSRError
 
-TOOLS: dict[str, tuple[str, str]] = {  # name → (module with main(argv), one-line help)
-    "upscale": ("ctsr.inference.upscale", "upscale images or folders at one or several t (any size, tiled)"),
-    "export": ("ctsr.models.export", "write a stage-2 checkpoint as one .safetensors file (no Lightning needed)"),
-    "bench": ("ctsr.inference.bench", "time the upscale path against the bare diffusers graph (ratios)"),
-    "demo": ("ctsr.inference.demo", "a local web page with a t slider (gradio: pip install 'ctsr[demo]')"),
-    "push": ("ctsr.models.hub", "publish a trained model on the Hugging Face Hub with a generated model card"),
-    "score": ("ctsr.evaluation.score", "score a folder of SR images (OSEDiff's protocol) into a metrics table"),
-    "select-t": ("ctsr.evaluation.select_t", "choose t on a validation sweep by a stated rule; record it in the model"),
-    "convert-ncnn": ("ctsr.models.ncnn", "convert a Real-ESRGAN RRDBNet from ncnn files (.param/.bin) to a .pth"),
-}
 _LOCKS: list = []  # the run locks this process holds; main() releases them however it ends
 # Folder and file names that are not valid UTF-8 reach Python as surrogates (U+DC80–U+DCFF, one per byte); YAML is
 # UTF-8 text and cannot hold them. In the config (command line, --config files, the saved config.yaml) such a byte
@@ -76,9 +65,11 @@ def _yaml_with_raw_bytes() -> None:
 def _lightning_cli(args: list[str] | None = None):
     import lightning as L
     import yaml
+    from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
     from lightning.pytorch.plugins.io import CheckpointIO
 
+    from ctsr.callbacks.progress import StepProgressBar
     from ctsr.errors import non_finite_entries
     from ctsr.lit.common import AtomicCheckpointIO, RunGuard, checkpoint_targets
     from ctsr.runs import (
@@ -157,6 +148,9 @@ def _lightning_cli(args: list[str] | None = None):
         def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
             patience = self._get(self.config_init, "nonfinite_patience", 3)
             callbacks = list(callbacks) + [RunGuard(patience), _FirstBatch()]
+            if config.get("enable_progress_bar") is not False and not any(
+                    isinstance(c, ProgressBar) for c in [*callbacks, *(config.get("callbacks") or [])]):
+                callbacks.append(StepProgressBar())  # steps out of max_steps, not `Epoch 14/-2`
             plugins = config.get("plugins")
             plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
             if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -332,8 +326,8 @@ def _lightning_cli(args: list[str] | None = None):
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
-        parser_kwargs={"description": "CTSR: controllable fidelity-realness trade-off distillation for x4 SR."
-                       + "".join(f"\n  ctsr {k}: {v[1]}" for k, v in TOOLS.items())},
+        parser_kwargs={"prog": "ctsr", "description": "CTSR: controllable fidelity-realness trade-off distillation for x4 SR: "
+                       "training and evaluation from YAML configs (`ctsr --help` lists every command)."},
     )
 
 
@@ -369,91 +363,15 @@ def _run_folder(ckpt: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def _report(err: CTSRError) -> int:
-    from ctsr.errors import Interrupted
-
-    if isinstance(err, Interrupted):
-        print(f"ctsr: interrupted: {err}", file=sys.stderr)
-    else:
-        print(f"ctsr: error: {err}", file=sys.stderr)
-    return err.exit_code
-
-
-def _file_system_error(err: BaseException) -> CTSRError | None:
-    """One line for an ``OSError`` with a file name in ``err``'s chain that the user acts on outside ctsr (no
-    space, quota, read-only file system, permissions), else None (a traceback: a bug to report)."""
-    import errno
-
-    from ctsr.errors import OutputError, shown
-
-    kinds = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-             errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-             errno.EPERM: "operation not permitted", errno.EFBIG: "file too large for the file system"}
-    while err is not None:
-        if isinstance(err, OSError) and err.errno in kinds and err.filename is not None:
-            return OutputError(f"'{shown(err.filename)}': {kinds[err.errno]} ({errno.errorcode[err.errno]})")
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def _usage_error(err: BaseException) -> CTSRError | None:
-    """One line for a command line jsonargparse could not parse (``argparse.ArgumentError``), else None."""
-    import argparse
-
-    from ctsr.errors import UsageError, shown
-
-    if not isinstance(err, argparse.ArgumentError):
-        return None
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return UsageError(f"{shown(text)} (`ctsr --help`, `ctsr fit --help` list the options)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Every way a command ends is one line on stderr and an exit status: 0 success, 1 some inputs failed
-    (``upscale``), 2 an error the user can act on, 128 + N a signal, 70 a bug in ctsr (set ``CTSR_TRACEBACK=1`` for
-    the traceback). Runs that stop before their first step leave no run folder behind."""
-    args = list(sys.argv[1:] if argv is None else argv)
+def run(argv: list[str] | None = None) -> int:
+    """Run the LightningCLI on ``argv`` (None: ``sys.argv``); the run locks are released however it ends, and a
+    run folder created for a command that failed before its first batch is removed."""
     finished = False
     try:
-        if args and args[0] in TOOLS:
-            import importlib
-
-            return int(importlib.import_module(TOOLS[args[0]][0]).main(args[1:]) or 0)
         _yaml_with_raw_bytes()
         _lightning_cli(argv)
         finished = True
         return 0
-    except CTSRError as err:
-        return _report(err)
-    except SystemExit as err:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if isinstance(err, SIGTERMException):  # Lightning's own SIGTERM path (before training began): not success
-            print("ctsr: interrupted: SIGTERM before the first training step; nothing to save", file=sys.stderr)
-            return 143
-        raise
-    except KeyboardInterrupt:  # Ctrl-C outside training (training saves its step first: ctsr.lit.common.RunGuard)
-        if os.environ.get("CTSR_TRACEBACK"):
-            raise
-        print("ctsr: interrupted: Ctrl-C", file=sys.stderr)
-        return 130
-    except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
-        cause = err
-        while cause is not None and not isinstance(cause, CTSRError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:  # a full disk or a read-only folder met by a library's own writer (TensorBoard, …)
-            cause = _file_system_error(err)
-        if cause is None:
-            cause = _usage_error(err)
-        if os.environ.get("CTSR_TRACEBACK"):
-            raise
-        if cause is None:  # not the input's fault: say so in one line, and how to get the traceback for a report
-            from ctsr.errors import describe, shown
-
-            print(f"ctsr: internal error: {shown(describe(err))}. This is a bug in ctsr, not in your input: run "
-                  f"again with CTSR_TRACEBACK=1 and report the traceback", file=sys.stderr)
-            return 70
-        return _report(cause)
     finally:
         while _LOCKS:
             _LOCKS.pop().release()
@@ -461,7 +379,3 @@ def main(argv: list[str] | None = None) -> int:
             _NEW_RUNS.clear()
         _remove_unstarted_runs()
         _STARTED.clear()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
