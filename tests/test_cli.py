@@ -251,6 +251,13 @@ def test_the_step_bar_counts_steps_out_of_max_steps():
     bar.get_metrics = lambda *a: {}
     bar.on_train_batch_end(trainer, None, None, None, 0)
     assert bar.train_progress_bar.n == 1201 and bar.train_progress_bar.total == 5000
+    assert bar.train_progress_bar.initial == 1200  # the rate counts the steps of this process, not the resumed ones
+    started = bar.train_progress_bar.start_t
+    trainer.current_epoch, trainer.global_step = 15, 1204
+    bar.on_train_epoch_start(trainer)  # a new epoch keeps the bar (and its clock): steps/s stays a true rate
+    assert bar.train_progress_bar.start_t == started and bar.train_progress_bar.initial == 1200
+    bar.on_train_batch_end(trainer, None, None, None, 0)
+    assert "Epoch 15" in str(bar.train_progress_bar) and bar.train_progress_bar.n == 1204
     bar.train_progress_bar.close()
 
 

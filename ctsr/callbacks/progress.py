@@ -28,10 +28,10 @@ class StepProgressBar(TQDMProgressBar):
         if self._leave:
             self.train_progress_bar = self.init_train_tqdm()
         bar = self.train_progress_bar
-        bar.reset(total=steps)
-        bar.initial = 0
+        if self._leave or bar.total != steps:  # once per run: the bar spans epochs, so its rate is steps/s
+            bar.reset(total=steps)
+            bar.initial = bar.n = min(trainer.global_step, steps)  # a resumed run counts from its step
         bar.unit = "step"
-        bar.n = min(trainer.global_step, steps)
         bar.set_description(f"Epoch {trainer.current_epoch}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
