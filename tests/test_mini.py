@@ -174,7 +174,12 @@ def test_the_shipped_model_moves_from_the_realness_end_to_the_fidelity_end():
 
 # -- a CI-sized run that must learn ----------------------------------------------------------------------------------
 LEARN_STEPS = 150
-LEARN_MARGIN_DB = 0.3   # the short run must beat bicubic on held-out crops by this much
+# What the short run must reach on held-out crops. Not "bicubic + margin": on clean ×4 crops the mini VAE's own
+# reconstruction of the HR image is 1.7 dB below bicubic (measured: VAE(HR) 25.66 dB, bicubic 27.40 dB), so no
+# student decoded by it can beat bicubic there; SD's VAE has the same kind of ceiling on smooth crops. The bar is
+# the untrained student (learning) and the VAE's ceiling (how far learning must go).
+LEARN_GAIN_DB = 0.5        # over the untrained generator (measured: +0.82 dB after 150 steps)
+LEARN_TO_CEILING_DB = 0.25  # at most this far below PSNR(VAE(HR), HR) (measured: 0.18 dB above it)
 
 LEARN = """
 trainer:
@@ -206,16 +211,18 @@ data:
 """
 
 
-def test_a_short_mini_run_learns_to_beat_bicubic_on_held_out_crops(tmp_path, monkeypatch):
+def test_a_short_mini_run_learns_to_reach_its_vaes_ceiling_on_held_out_crops(tmp_path, monkeypatch):
     """Stage 1's code path on the shipped mini base (pre-trained VAE and denoiser, no trained generator weights),
-    reconstruction only, clean bicubic LR: after LEARN_STEPS steps the student must beat bicubic on centre crops of
-    held-out photos by LEARN_MARGIN_DB. The untrained generator is below that line, so only learning gets it there;
-    a change that breaks the generator, the loss, the optimiser or the data path fails here."""
+    reconstruction only, clean bicubic LR: after LEARN_STEPS steps the student must beat the untrained generator by
+    LEARN_GAIN_DB and come within LEARN_TO_CEILING_DB of what its VAE can draw (the HR image encoded and decoded) on
+    centre crops of held-out photos. A change that breaks the generator, the loss, the optimiser or the data path
+    fails here."""
     from PIL import Image
 
     from ctsr.cli import main
     from ctsr.metrics.functional import psnr, quantize_8bit
     from ctsr.models.export import load_model
+    from ctsr.models.generator import OneStepGenerator
 
     _shipped()
     train = tmp_path / "train"
@@ -230,19 +237,13 @@ def test_a_short_mini_run_learns_to_beat_bicubic_on_held_out_crops(tmp_path, mon
 
     hr = _held_out_crops(n=3, size=128)[1]
     lr = quantize_8bit(F.interpolate(hr, scale_factor=0.25, mode="bicubic", align_corners=False, antialias=True))
-    bicubic = float(psnr(quantize_8bit(F.interpolate(lr, scale_factor=4, mode="bicubic")), hr).mean())
-    scores = {}
-    for name, spec in (("untrained", None), ("trained", tmp_path / "runs" / "mini-stage1" / "checkpoints" /
-                                                         "last.ckpt")):
-        if spec is None:
-            from ctsr.models.generator import OneStepGenerator
-
-            gen = OneStepGenerator(pretrained="mini", unet_training="full", generator_timestep=100).eval()
-            with torch.no_grad():
-                sr = gen(lr)[0]
-        else:
-            with torch.no_grad():
-                sr = load_model(spec)(lr, 0.0)
-        scores[name] = float(psnr(quantize_8bit(sr), hr).mean()) - bicubic
-    assert scores["untrained"] < LEARN_MARGIN_DB, scores
-    assert scores["trained"] >= LEARN_MARGIN_DB, scores
+    untrained = OneStepGenerator(pretrained="mini", unet_training="full", generator_timestep=100).eval()
+    trained = load_model(tmp_path / "runs" / "mini-stage1" / "checkpoints" / "last.ckpt")
+    with torch.no_grad():
+        z = untrained.vae.encode(hr * 2 - 1).latent_dist.mode()
+        outputs = {"bicubic": F.interpolate(lr, scale_factor=4, mode="bicubic"),
+                   "vae_ceiling": (untrained.vae.decode(z).sample + 1) / 2,
+                   "untrained": untrained(lr)[0], "trained": trained(lr, 0.0)}
+    scores = {k: float(psnr(quantize_8bit(v.clamp(0, 1)), hr).mean()) for k, v in outputs.items()}
+    assert scores["trained"] >= scores["untrained"] + LEARN_GAIN_DB, scores
+    assert scores["trained"] >= scores["vae_ceiling"] - LEARN_TO_CEILING_DB, scores
