@@ -10,7 +10,8 @@ message, never a whole logger or warning category, so anything else those librar
 * Lightning: "Found N module(s) in eval mode at the start of training" — the frozen teachers, VAE decoder and
   metric networks are in eval mode on purpose (:mod:`ctsr.lit`); "💡 Tip: … litlogger/litmodels" (an
   advertisement, logged at every fit); "`isinstance(treespec, LeafSpec)` is deprecated" (Lightning's own use of a
-  torch API, fixed upstream).
+  torch API, fixed upstream); "The number of training batches (N) is smaller than the logging interval" (ctsr's runs
+  are counted in steps, and Lightning logs every n global steps across epochs: nothing is lost).
 * transformers: the "Loading weights" progress bar of ``from_pretrained`` (SD's text encoder, a few seconds),
   switched off only while :func:`ctsr.models.loading.load_part` loads a part (:func:`no_loading_bars`).
 
@@ -55,6 +56,9 @@ def quiet_libraries() -> None:
         logging.getLogger(name).addFilter(_DropMessage(_LIGHTNING_TIP))
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"))
+    # logging counts global steps, across epochs: a short epoch (19 photos, batch 4) loses no log line
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
+                                              r"interval")
 
 
 @contextlib.contextmanager
