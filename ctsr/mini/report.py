@@ -166,6 +166,9 @@ def figures(summary: dict, shown: dict, out: Path) -> list[str]:
     for key, (marker, color) in marks.items():
         ax.plot(summary[key]["niqe"], summary[key]["psnr"], marker, color=color, ms=9,
                 label=key.replace("_", " "))
+        if f"{key}_vae" in summary:  # the teacher's image through the student's VAE: the end of t it can reach
+            ax.plot(summary[f"{key}_vae"]["niqe"], summary[f"{key}_vae"]["psnr"], marker, color=color, ms=9,
+                    mfc="none", label=key.replace("_", " ") + " through the student's VAE")
     ax.set_xlabel("NIQE ↓ (more natural to the left)")
     ax.set_ylabel("PSNR (Y) ↑ [dB]")
     ax.set_title(f"Mini world, {len(summary['test_images'])} held-out photos")
