@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ctsr.models.gsad.diffusion import BUFFERS, LOLV2_SYN_TEST, TRAIN_SCHEDULE, BetaSchedule, GSADDiffusion
 from ctsr.models.gsad.unet import GSADUNet
-from ctsr.models.lowlight_weights import load_strict, read_state, require
+from ctsr.models.release_weights import load_strict, read_state, require
 
 __all__ = ["GSADUNet", "GSADDiffusion", "BetaSchedule", "TRAIN_SCHEDULE", "LOLV2_SYN_TEST", "GSADEnhancer",
            "PretrainedGSAD", "load_pretrained", "load_diffusion", "parse_spec", "WEIGHTS_FILE", "RELEASE_PAGE"]

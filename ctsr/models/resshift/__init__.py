@@ -115,17 +115,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
 
 def load_state_dict(module: nn.Module, path: str | Path, what: str) -> nn.Module:
     """Load ``path`` into ``module`` strictly: the same names (buffers included) and shapes, or a one-line error."""
-    state = read_checkpoint(path)
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = [f"{name} {len(keys)} (e.g. {keys[0]})" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise ConfigError(f"{what}: '{path}' does not match the network: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
-    return module
+    from ctsr.models.release_weights import load_strict
+
+    return load_strict(module, read_checkpoint(path), path, what)
 
 
 def _require(path: Path, what: str, url: str, page: str) -> Path:

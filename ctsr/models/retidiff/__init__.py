@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctsr.models.lowlight_weights import load_strict, read_state, require
+from ctsr.models.release_weights import load_strict, read_state, require
 from ctsr.models.retidiff.prior import (
     FEATS, ImagePriorEncoder, LatentDDPM, PriorDenoiser, RetinexDecomposition, RetinexPriorEncoder, linear_betas,
 )

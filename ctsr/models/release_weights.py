@@ -1,4 +1,4 @@
-"""Reading the low-light teachers' release files (GSAD, Reti-Diff) strictly and weights-only.
+"""Reading the peers' release files (ResShift/SinSR, GSAD, Reti-Diff) strictly and weights-only.
 
 ``torch.load(weights_only=True)`` or safetensors through :func:`ctsr.checkpoints.read_weights` (a pickle that would
 run code is refused in one line); a missing file is one :class:`MissingWeightsError` line naming the file and its
