@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -398,7 +399,13 @@ def test_odd_folder_and_file_names_train_through_ctsr_fit(sample_dir, tmp_path, 
     one_line(capsys, "not UTF-8", "TensorBoard")
     assert not (tmp_path / "runs").exists()
     argv[argv.index(ODD)] = "odd data"
-    assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    skipped = [str(w.message) for w in caught if "skipped training image" in str(w.message)]
+    assert skipped and all("broken.png" in m or "bomb.png" in m for m in skipped), skipped
+    for message in map(str, (w.message for w in caught)):  # text that prints and pickles (pytest-xdist sends it)
+        message.encode("utf-8")
     run = tmp_path / "runs" / "odd data"
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.md").is_file()
     assert "train d" in (run / "config.yaml").read_text(encoding="utf-8")  # UTF-8 text, stand-ins for the bytes

