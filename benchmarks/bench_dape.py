@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,16 +41,16 @@ def tiny_tagger():
     from ctsr.models.ram import RAMTagger
 
     cfg = json.loads((ROOT / "tests" / "fixtures" / "dape" / "reduced_config.json").read_text())
-    tmp = Path("/tmp/ctsr-bench-dape")
-    tmp.mkdir(exist_ok=True)
-    (tmp / "tags.txt").write_text("\n".join(cfg["tags"]))
-    (tmp / "thresholds.txt").write_text("\n".join(cfg["thresholds"]))
     s, h = cfg["swin"], cfg["q2l_config"]
-    return RAMTagger(image_size=cfg["image_size"], embed_dim=s["embed_dim"], depths=s["depths"],
-                     num_heads=s["num_heads"], window_size=s["window_size"], hidden_size=h["hidden_size"],
-                     intermediate_size=h["intermediate_size"], num_attention_heads=h["num_attention_heads"],
-                     num_hidden_layers=h["num_hidden_layers"], tag_list=tmp / "tags.txt",
-                     thresholds=tmp / "thresholds.txt")
+    with tempfile.TemporaryDirectory(prefix="ctsr-bench-dape-") as folder:  # the tagger reads both files when built
+        tmp = Path(folder)
+        (tmp / "tags.txt").write_text("\n".join(cfg["tags"]))
+        (tmp / "thresholds.txt").write_text("\n".join(cfg["thresholds"]))
+        return RAMTagger(image_size=cfg["image_size"], embed_dim=s["embed_dim"], depths=s["depths"],
+                         num_heads=s["num_heads"], window_size=s["window_size"], hidden_size=h["hidden_size"],
+                         intermediate_size=h["intermediate_size"], num_attention_heads=h["num_attention_heads"],
+                         num_hidden_layers=h["num_hidden_layers"], tag_list=tmp / "tags.txt",
+                         thresholds=tmp / "thresholds.txt")
 
 
 def main() -> None:

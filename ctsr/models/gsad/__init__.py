@@ -21,9 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctsr.inference.tiling import pad_to_multiple
 from ctsr.models.gsad.diffusion import BUFFERS, LOLV2_SYN_TEST, TRAIN_SCHEDULE, BetaSchedule, GSADDiffusion
 from ctsr.models.gsad.unet import GSADUNet
 from ctsr.models.release_weights import load_strict, read_state, require
@@ -58,10 +58,7 @@ class GSADEnhancer(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        y = x.float() * 2 - 1
-        ph, pw = -h % self.size_multiple, -w % self.size_multiple
-        if ph or pw:
-            y = F.pad(y, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        y = pad_to_multiple(x.float() * 2 - 1, self.size_multiple)
         out = self.diffusion.sample(y, self.generator)[..., :h, :w].clamp(-1, 1)
         return (out * 0.5 + 0.5).to(x.dtype)
 

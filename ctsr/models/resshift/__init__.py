@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctsr.errors import ConfigError, MissingWeightsError
+from ctsr.inference.tiling import pad_to_multiple
 from ctsr.models.resshift.autoencoder import VQAutoencoderF4
 from ctsr.models.resshift.diffusion import (
     RESSHIFT_V3, SINSR_V1, ResidualShiftSampler, ShiftSchedule, eta_schedule,
@@ -77,11 +77,7 @@ class ResShiftSR(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        y = x.float() * 2 - 1
-        ph, pw = -h % self.pad_multiple, -w % self.pad_multiple
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            y = F.pad(y, (0, pw, 0, ph), mode=mode)
+        y = pad_to_multiple(x.float() * 2 - 1, self.pad_multiple)
         out = self.sampler.sample(self.unet, self.autoencoder, y, self.generator)
         out = out[..., : h * self.scale, : w * self.scale].clamp(-1, 1)
         return (out * 0.5 + 0.5).to(x.dtype)

@@ -23,9 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctsr.inference.tiling import pad_to_multiple
 from ctsr.models.release_weights import load_strict, read_state, require
 from ctsr.models.retidiff.prior import (
     FEATS, ImagePriorEncoder, LatentDDPM, PriorDenoiser, RetinexDecomposition, RetinexPriorEncoder, linear_betas,
@@ -106,10 +106,7 @@ class RetiDiffEnhancer(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        y = x.float()
-        ph, pw = -h % WINDOW, -w % WINDOW
-        if ph or pw:
-            y = F.pad(y, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        y = pad_to_multiple(x.float(), WINDOW)
         r, l_ = self.decom(y)
         x_rex, x_img = (t.to(y.device, y.dtype) for t in self.draw(y.shape[0]))
         out = self.net(y, torch.cat([r, l_], dim=1), x_rex, x_img)
