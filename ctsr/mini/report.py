@@ -24,6 +24,7 @@ from torch import Tensor
 
 T_GRID = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 TOLERANCE = {"psnr": 0.05, "niqe": 0.05}  # a step against the trend larger than this breaks monotonicity
+FIGURES = ("psnr_niqe.png", "crops.png")  # PSNR against NIQE; a crop of every row
 
 
 def sha256(path: str | Path) -> str:
@@ -175,7 +176,7 @@ def figures(summary: dict, shown: dict, out: Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "psnr_niqe.png", dpi=120)
+    fig.savefig(out / FIGURES[0], dpi=120)
     plt.close(fig)
 
     name = shown.pop("name")
@@ -192,9 +193,9 @@ def figures(summary: dict, shown: dict, out: Path) -> list[str]:
         ax.axis("off")
     fig.suptitle(f"{name} (held out), a centre crop", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "crops.png", dpi=110)
+    fig.savefig(out / FIGURES[1], dpi=110)
     plt.close(fig)
-    return ["psnr_niqe.png", "crops.png"]
+    return list(FIGURES)
 
 
 def _row(cells) -> str:
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = json.loads(notes_file.read_text()) if notes_file.is_file() else None
     if args.rewrite:
         summary = json.loads((out / "summary.json").read_text())
-        pictures = [p for p in ("psnr_niqe.png", "crops.png") if (out / p).is_file()]
+        pictures = [p for p in FIGURES if (out / p).is_file()]
         print(write_report(summary, out, pictures, notes).read_text())
         return 0
     result = evaluate(args.model, args.test, args.realness, args.fidelity)
