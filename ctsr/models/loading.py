@@ -41,8 +41,11 @@ def _random_components(unet_config: dict, vae_config: dict, text_config: dict, s
         unet = UNet2DConditionModel(**unet_config)
         vae = AutoencoderKL(**vae_config)
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    tok_dir = configs.write_tiny_tokenizer(Path(tempfile.gettempdir()) / "ctsr-tiny-tokenizer")
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    # A private folder per call: a shared one let one process read vocab.json while another rewrote it (CI,
+    # pytest-xdist). CLIPTokenizer reads both files in __init__, so the folder can go right after.
+    with tempfile.TemporaryDirectory(prefix="ctsr-tiny-tokenizer-") as tmp:
+        tok_dir = configs.write_tiny_tokenizer(tmp)
+        tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
     return SDComponents(unet, vae, text_encoder, tokenizer)
 
 
