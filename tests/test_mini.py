@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import lzma
 import tarfile
 from pathlib import Path
@@ -132,6 +133,33 @@ def test_shipped_artefacts_match_their_checksums_and_are_small():
         assert hashlib.sha256((weights / name).read_bytes()).hexdigest() == digest, name
     total = sum((weights / name).stat().st_size for name in listed)
     assert total < 12e6, f"{total / 1e6:.1f} MB"
+
+
+def test_the_shipped_model_names_its_run_relative_to_the_checkout(tmp_path):
+    """The build machine's folder means nothing on a user's machine: ``source.path`` is checkout-relative, and
+    ``portable_source`` (what ``make mini SHIP=1`` runs) rewrites only that key."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ctsr.mini import MODEL
+    from ctsr.mini.build import portable_source
+
+    _shipped()
+    with safe_open(str(MODEL), "pt") as f:
+        source = json.loads(f.metadata()["source"])
+    assert source["path"] and not Path(source["path"]).is_absolute(), source
+    assert source["stage"] == 2
+
+    model = tmp_path / "m.safetensors"
+    tensors = {"a": torch.arange(6.0).half()}
+    built = {"run": "abc", "path": str(tmp_path / "ck" / "runs" / "stage2"), "stage": 2, "step": 8}
+    save_file(tensors, str(model), metadata={"format": "x", "source": json.dumps(built)})
+    portable_source(model, root=tmp_path / "ck")
+    with safe_open(str(model), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["source"]) == {**built, "path": "runs/stage2"}
+    assert meta["format"] == "x"
+    assert torch.equal(load_file(model)["a"], tensors["a"])
 
 
 def _held_out_crops(n: int = 2, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:

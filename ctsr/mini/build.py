@@ -71,6 +71,29 @@ def ship_teachers(out: Path) -> None:
     shutil.copy2(out / "fidelity_compact_x4.pth", FIDELITY)
 
 
+def portable_source(model: Path, root: Path | None = None) -> None:
+    """Rewrite the shipped model's ``source.path`` relative to the checkout (``runs/mini/runs/stage2``): the folder
+    the build machine trained in means nothing on a user's machine. Tensors and every other key are kept as is."""
+    import os
+
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(model), "pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if "source" not in meta:
+        return
+    source = json.loads(meta["source"])
+    where = Path(source.get("path") or ".")
+    if where.is_absolute():
+        source["path"] = Path(os.path.relpath(where, (root or Path.cwd()).resolve())).as_posix()
+    meta["source"] = json.dumps(source)
+    tmp = model.with_name(f".{model.name}.tmp")
+    tmp.write_bytes(save(tensors, metadata=meta))
+    tmp.replace(model)
+
+
 def write_sums() -> None:
     files = sorted(p for p in WEIGHTS.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
     (WEIGHTS / "SHA256SUMS").write_text("".join(f"{sha256(p)}  {p.relative_to(WEIGHTS)}\n" for p in files))
@@ -111,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     run([py, "-m", "ctsr.cli", "export", str(stage2), str(model), "--half", "--force",
          *(["--pretrained", "mini"] if args.ship else [])])
     if args.ship:
+        portable_source(model)
         write_sums()
     run([py, "-m", "ctsr.mini.report", "--model", str(model), "--fidelity", str(FIDELITY if args.ship else fidelity),
          "--out", args.report])
