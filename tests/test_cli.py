@@ -1,4 +1,5 @@
 """The `ctsr` command: every shipped YAML parses; the quick start trains, checkpoints and resumes; errors are clear."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -274,3 +275,60 @@ def test_ctsr_upscale_prints_no_library_noise(tiny_model_file, tmp_path):
     assert (tmp_path / "out.png").is_file()
     for line in NOISE:
         assert line not in proc.stderr, line
+
+
+def test_only_the_bare_lightning_help_is_served_from_the_cache():
+    from ctsr.cli import LIGHTNING_COMMANDS, help_cache
+
+    assert set(help_cache.COMMANDS) == set(LIGHTNING_COMMANDS)
+    assert help_cache.cached_command(["fit", "--help"]) == "fit"
+    assert help_cache.cached_command(["predict", "-h"]) == "predict"
+    for args in (["fit"], ["upscale", "--help"], ["-c", "a.yaml", "fit", "--help"], ["fit", "--config", "a.yaml",
+                 "--help"], ["fit", "--help", "--print_config"]):
+        assert help_cache.cached_command(args) is None, args
+
+
+def test_the_help_cache_key_follows_width_versions_and_sources(monkeypatch, tmp_path):
+    from ctsr.cli import help_cache
+
+    monkeypatch.setenv("COLUMNS", "100")
+    key = help_cache.help_key("fit")
+    assert help_cache.help_key("fit") == key and help_cache.help_key("test") != key
+    monkeypatch.setenv("COLUMNS", "140")  # argparse wraps to another width: another text
+    assert help_cache.help_key("fit") != key
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setattr(help_cache, "_versions", lambda: ["lightning=0"])  # an upgrade renders again
+    assert help_cache.help_key("fit") != key
+    monkeypatch.undo()
+    monkeypatch.setenv("COLUMNS", "100")
+    package = tmp_path / "ctsr"  # an edited source file (an editable install): another key
+    (package / "cli").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(help_cache, "__file__", str(package / "cli" / "help_cache.py"))
+    before = help_cache.help_key("fit")
+    (package / "a.py").write_text("x = 22\n")
+    assert help_cache.help_key("fit") != before
+
+
+def test_fit_help_is_rendered_once_then_printed_without_torch(tmp_path):
+    """The first `ctsr fit --help` is Lightning's own text; the second is the same text, and imports neither torch
+    nor Lightning (what makes it answer in a fraction of a second, benchmarks/bench_help.py)."""
+    env = {**os.environ, "CTSR_CACHE": str(tmp_path), "COLUMNS": "120"}
+    first = subprocess.run([sys.executable, "-m", "ctsr.cli", "fit", "--help"], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.startswith("usage: ctsr") and "--trainer.max_steps" in first.stdout
+    assert "LightningCLI's args" not in first.stderr
+    copies = list((tmp_path / "help").glob("fit-*.txt"))
+    assert len(copies) == 1 and copies[0].read_text() == first.stdout
+    probe = ("import sys\nfrom ctsr.cli import main\ntry:\n    main(['fit', '--help'])\nexcept SystemExit as e:\n"
+             "    assert e.code == 0\nprint(sorted(m for m in ('torch', 'lightning') if m in sys.modules), "
+             "file=sys.stderr)")
+    second = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout == first.stdout
+    assert second.stderr.strip().splitlines()[-1] == "[]"
+    copies[0].write_text("garbage")  # not a help text: rendered again, and the copy repaired
+    third = subprocess.run([sys.executable, "-m", "ctsr.cli", "fit", "--help"], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert third.stdout == first.stdout and copies[0].read_text() == first.stdout

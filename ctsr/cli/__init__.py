@@ -129,9 +129,17 @@ def _run(args: list[str], argv: list[str] | None) -> int:
         quiet_libraries()
         return int(importlib.import_module(TOOLS[args[0]][0]).main(args[1:]) or 0)
     if args[0] in LIGHTNING_COMMANDS or args[0].startswith("-"):  # `ctsr -c base.yaml fit …`: Lightning's own options
+        from ctsr.cli import help_cache
+
+        command = help_cache.cached_command(args)
+        if command is not None:  # `ctsr fit --help`: the rendered text when nothing it depends on changed
+            if help_cache.print_cached(command):
+                raise SystemExit(0)
         from ctsr.quiet import quiet_libraries
 
         quiet_libraries()
+        if command is not None:
+            help_cache.render(command, argv)
         from ctsr.cli import lightning
 
         return lightning.run(argv)
