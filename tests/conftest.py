@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -25,6 +26,55 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def lightning_logs_to_stderr():
+    """Lightning's log handlers keep the stderr of the test that imported it (closed later by pytest's capture):
+    point them at this test's stderr, so what a user would see is what the test reads. Modules that read a command's
+    stderr opt in with ``pytestmark = pytest.mark.usefixtures(..., "lightning_logs_to_stderr")``."""
+    import logging
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.core"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.stream = sys.stderr
+    yield
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any connection attempt fails the test (a library trying to download means a wrong cache path)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("test tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture()
+def empty_caches(tmp_path, monkeypatch):
+    """Empty torch hub, pyiqa, Hugging Face and ctsr caches under tmp_path (the user's caches are never touched)."""
+    import huggingface_hub.constants
+    from pyiqa.utils import download_util
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "torch" / "hub" / "pyiqa"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("CTSR_CACHE", str(tmp_path / "ctsr"))
+    return tmp_path
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch, sample_dir):
+    """A project-like folder as the current directory: the shipped experiments/ and the sample photos
+    (data/samples); runs and results are written here."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "samples").symlink_to(sample_dir)
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

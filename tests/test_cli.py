@@ -72,14 +72,6 @@ trainer:
 """
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, sample_dir):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "samples").symlink_to(sample_dir)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_a_tiny_run_trains_checkpoints_and_resumes(workdir):
     cfg = str(ROOT / "experiments" / "tiny_stage1.yaml")
     (workdir / "fast4.yaml").write_text(FAST.format(steps=4))

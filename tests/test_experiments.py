@@ -25,16 +25,6 @@ def _never(argv):
     raise AssertionError(f"nothing should run, got {argv}")
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, sample_dir):
-    """A project-like folder: the shipped experiments/ and the sample photos, runs and results written here."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "samples").symlink_to(sample_dir)
-    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_registry_is_the_table6_grid():
     exp = sweep.EXPERIMENTS["ablation-lambda"]
     assert len(exp.variants) == 16

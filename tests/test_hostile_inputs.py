@@ -23,19 +23,7 @@ from PIL import Image
 from ctsr.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _log_streams_to_current_stderr():
-    """Lightning's log handlers keep the stderr of the test that imported it: point them at this test's stderr."""
-    import logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.core"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.stream = sys.stderr
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread", "lightning_logs_to_stderr")
 
 
 def one_line(capsys, *texts: str) -> str:

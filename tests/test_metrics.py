@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 from pathlib import Path
 from unittest import mock
 
@@ -39,31 +38,9 @@ from ctsr.metrics import (
 )
 from ctsr.weights import ctsr_cache
 
+pytestmark = pytest.mark.usefixtures("no_network")
+
 LEARNED = [m for m in METRIC_NAMES if REQUIRED_FILES[m]]
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any connection attempt fails the test (a library trying to download means a wrong cache path)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("test tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-@pytest.fixture()
-def empty_caches(tmp_path, monkeypatch):
-    """Empty torch hub, pyiqa and Hugging Face caches under tmp_path (the user's caches are never touched)."""
-    import huggingface_hub.constants
-    from pyiqa.utils import download_util
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "torch" / "hub" / "pyiqa"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("CTSR_CACHE", str(tmp_path / "ctsr"))
-    return tmp_path
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,20 +26,7 @@ from ctsr.cli import main
 from ctsr.errors import OutputError
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _log_streams_to_current_stderr():
-    """Lightning's log handlers keep the stderr of the test that imported it (closed later by pytest's capture):
-    point them at this test's stderr, so what a user would see is what the test reads (as test_reliability.py)."""
-    import logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.core"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.stream = sys.stderr
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread", "lightning_logs_to_stderr")
 
 
 # -- simulated file systems --------------------------------------------------------------------------------------------
@@ -190,14 +177,6 @@ def test_a_killed_writer_leaves_a_temp_that_the_next_run_sweeps(tmp_path):
 
 
 # -- fit ---------------------------------------------------------------------------------------------------------------
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, sample_dir):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "samples").symlink_to(sample_dir)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 FIT_YAML = """
 trainer:
   max_steps: 4

@@ -21,7 +21,7 @@ from ctsr.errors import ConfigError, NonFiniteError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "lightning_logs_to_stderr")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -49,28 +49,6 @@ def _one_line_error(capsys, text: str | None = None) -> str:
     if text is not None:
         assert text in lines[-1], lines[-1]
     return lines[-1]
-
-
-@pytest.fixture(autouse=True)
-def _log_streams_to_current_stderr():
-    """Lightning's log handlers keep the stderr of the test that imported it (closed later by pytest's capture):
-    point them at this test's stderr, so what a user would see is what the test reads."""
-    import logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.core"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.stream = sys.stderr
-    yield
-
-
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, sample_dir):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "samples").symlink_to(sample_dir)
-    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 TINY_EVAL = """

@@ -1,4 +1,4 @@
-"""Issue 24, part 1: no code from the metric and backbone weight caches, the teachers' files or a TorchScript
+"""Issue 24, part 1: no code from the metric and backbone weight empty_caches, the teachers' files or a TorchScript
 archive, and model files whose names hold undecodable bytes (docs/reliability.md, rows 40–49).
 
 A crafted pickle (``__reduce__`` → ``exec`` writing a marker file) is planted where ctsr's own missing-weights
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,20 +23,7 @@ from ctsr.errors import ConfigError
 from ctsr.metrics import REQUIRED_FILES, MetricSuite, networks, weight_files
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _log_streams_to_current_stderr():
-    """Lightning's log handlers keep the stderr of the test that imported it (closed later by pytest's capture):
-    point them at this test's stderr, so what a user would see is what the test reads (as test_reliability.py)."""
-    import logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.core"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.stream = sys.stderr
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread", "lightning_logs_to_stderr", "no_network")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -123,28 +108,6 @@ def _one_line_error(capsys, *texts: str) -> str:
     return lines[-1]
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("test tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-@pytest.fixture()
-def caches(tmp_path, monkeypatch):
-    """Empty torch hub, pyiqa, Hugging Face and ctsr caches under tmp_path (the user's caches are never touched)."""
-    import huggingface_hub.constants
-    from pyiqa.utils import download_util
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(download_util, "DEFAULT_CACHE_DIR", str(tmp_path / "torch" / "hub" / "pyiqa"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("CTSR_CACHE", str(tmp_path / "ctsr"))
-    return tmp_path
-
-
 # every file a metric reads, one case each (NIQE: pyiqa's .mat and BasicSR's .npz, the two it accepts)
 FILES = [(m, i, w) for m, ws in REQUIRED_FILES.items() for i, w in enumerate(ws)
          if not isinstance(w, weight_files.EitherFile)]
@@ -153,8 +116,8 @@ FILES += [("niqe", 0, weight_files.NIQE_PYIQA), ("niqe", 1, weight_files.NIQE_BA
 
 # -- 1. every cache path: refused before any network is built ---------------------------------------------------------
 @pytest.mark.parametrize("metric,index,w", FILES, ids=[f"{m}:{w.file}" for m, _, w in FILES])
-def test_a_crafted_file_in_any_metric_cache_is_refused_naming_it(metric, index, w, caches, monkeypatch):
-    marker = caches / "MARKER"
+def test_a_crafted_file_in_any_metric_cache_is_refused_naming_it(metric, index, w, empty_caches, monkeypatch):
+    marker = empty_caches / "MARKER"
     for other in REQUIRED_FILES[metric]:
         if other is not w and not isinstance(other, weight_files.EitherFile):
             _plant_valid(other)
@@ -176,8 +139,8 @@ def test_a_crafted_file_in_any_metric_cache_is_refused_naming_it(metric, index, 
     assert not marker.exists()
 
 
-def test_a_crafted_torchscript_clip_archive_is_refused(caches):
-    marker = caches / "MARKER"
+def test_a_crafted_torchscript_clip_archive_is_refused(empty_caches):
+    marker = empty_caches / "MARKER"
     w = REQUIRED_FILES["clipiqa"][0]
     planted = crafted_torchscript(w.folder() / w.file, marker)
     for build in (lambda: MetricSuite(["clipiqa"]), lambda: networks._clip_tensors_only("RN50")):
@@ -190,13 +153,13 @@ def test_a_crafted_torchscript_clip_archive_is_refused(caches):
 # -- 2. the library's own read goes through ctsr too (a file the check did not see, or swapped after it) -------------
 @pytest.mark.parametrize("metric,which", [("lpips", 0), ("lpips", 1), ("dists", 0), ("fid", 0), ("musiq", 0),
                                           ("lpips_vgg", 0)])
-def test_the_librarys_own_torch_load_is_weights_only(metric, which, caches, monkeypatch):
+def test_the_librarys_own_torch_load_is_weights_only(metric, which, empty_caches, monkeypatch):
     """With the pre-check switched off, torchvision's / pyiqa's / lpips' ``torch.load`` of the planted file is
     ctsr's weights-only loader: refused in one line naming the file, the payload not run. (For the LPIPS heads,
     AlexNet is built without its file, so pyiqa gets as far as the heads.)"""
     import torchvision
 
-    marker = caches / "MARKER"
+    marker = empty_caches / "MARKER"
     files = REQUIRED_FILES[metric]
     planted = _plant_crafted(files[which], marker)
     monkeypatch.setattr(weight_files, "check_present", lambda metrics: None)
@@ -239,8 +202,8 @@ def folders(tmp_path):
 
 @pytest.mark.parametrize("metric,which", [("lpips", 0), ("lpips", 1), ("dists", 0), ("dists", 1), ("musiq", 0),
                                           ("fid", 0), ("niqe", 0)])
-def test_score_refuses_a_crafted_cache_file_in_one_line(metric, which, caches, folders, capsys):
-    marker = caches / "MARKER"
+def test_score_refuses_a_crafted_cache_file_in_one_line(metric, which, empty_caches, folders, capsys):
+    marker = empty_caches / "MARKER"
     files = REQUIRED_FILES[metric]
     for w in files:
         if not isinstance(w, weight_files.EitherFile):
@@ -253,11 +216,11 @@ def test_score_refuses_a_crafted_cache_file_in_one_line(metric, which, caches, f
     assert not marker.exists() and not (folders / "t" / "metrics.csv").exists()  # no table with lpips 0.0000
 
 
-def test_test_and_fit_refuse_crafted_backbones_in_one_line(caches, tmp_path, monkeypatch, capsys, sample_dir,
+def test_test_and_fit_refuse_crafted_backbones_in_one_line(empty_caches, tmp_path, monkeypatch, capsys, sample_dir,
                                                            tiny_model_file):
     """``ctsr test`` with the pretrained LPIPS column (heads crafted) and ``ctsr fit`` with
     ``lpips_weights: pretrained`` (VGG16 crafted): exit 2, one line naming the file, the payload not run."""
-    marker = caches / "MARKER"
+    marker = empty_caches / "MARKER"
     alexnet, heads = REQUIRED_FILES["lpips"]
     _plant_valid(alexnet)
     planted = _plant_crafted(heads, marker)
@@ -331,7 +294,7 @@ def test_torchscript_tensors_equal_jit_loads_state_dict(traced_clip, tmp_path):
     assert sorted(ours) == sorted(ref) and all(torch.equal(ours[k], ref[k]) for k in ref)
 
 
-def test_clipiqa_reads_openais_torchscript_file_as_tensors(traced_clip, caches, monkeypatch):
+def test_clipiqa_reads_openais_torchscript_file_as_tensors(traced_clip, empty_caches, monkeypatch):
     """RN50.pt placed where the check says: CLIP-IQA builds without torch.jit.load, and scores as pyiqa's own
     loader (torch.jit.load, then build_model) does on the same file."""
     import shutil
