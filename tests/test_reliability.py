@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from poisoned import crafted_pickle
 
 from ctsr.checkpoints import atomic_save, load_checkpoint
 from ctsr.cli import main
@@ -25,22 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_thread", "lightning_logs_to_stderr")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
-class _Payload:
-    """Unpickling this runs ``exec``: it writes the marker file (what a poisoned checkpoint would do)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
-
-
-def crafted_pickle(path: Path, marker: Path) -> Path:
-    """A file that looks like a Lightning checkpoint (torch zip format) whose unpickling writes ``marker``."""
-    torch.save({"state_dict": {}, "global_step": 1, "payload": _Payload(marker)}, path)
-    return path
-
-
 def _one_line_error(capsys, text: str | None = None) -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.strip().splitlines() if line.startswith("ctsr")]
@@ -67,7 +52,7 @@ data:
 # -- 1. no pickle code from any file ---------------------------------------------------------------------------------
 def test_crafted_pickle_runs_nowhere(workdir, capsys):
     marker = workdir / "MARKER"
-    evil = crafted_pickle(workdir / "evil.ckpt", marker)
+    evil = crafted_pickle(workdir / "evil.ckpt", marker, state_dict={}, global_step=1)
     with pytest.raises(pickle.UnpicklingError):  # the file is a real exploit: torch.load would run it
         torch.load(evil, weights_only=True)
     from PIL import Image

@@ -16,6 +16,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from poisoned import RunsCode, crafted_pickle
 
 from ctsr.checkpoints import load_torchscript_state, read_weights, weights_only_loads
 from ctsr.cli import main
@@ -27,31 +28,12 @@ pytestmark = pytest.mark.usefixtures("one_thread", "lightning_logs_to_stderr", "
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-class _Payload:
-    """Unpickling this runs ``exec``: it writes the marker file (what a poisoned cache file would do)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
-
-
-def crafted_pickle(path: Path, marker: Path) -> Path:
-    """A torch zip file shaped like a state dict whose unpickling writes ``marker``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {}, "params": {}, "payload": _Payload(marker)}, path)
-    with pytest.raises(pickle.UnpicklingError):  # a real exploit: only the weights-only reader stops it
-        torch.load(path, weights_only=True)
-    return path
-
-
 def crafted_torchscript(path: Path, marker: Path) -> Path:
     """A zip laid out as a TorchScript archive (``top/data.pkl``, ``top/constants.pkl``, ``top/code/``) whose
     data.pkl runs the payload when unpickled."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("RN50/data.pkl", pickle.dumps(_Payload(marker), protocol=2))
+        z.writestr("RN50/data.pkl", pickle.dumps(RunsCode(marker), protocol=2))
         z.writestr("RN50/constants.pkl", pickle.dumps((), protocol=2))
         z.writestr("RN50/code/__torch__.py", "class CLIP(Module):\n  __parameters__ = []\n")
         z.writestr("RN50/version", "3\n")
@@ -89,13 +71,13 @@ def _plant_valid(w) -> None:
 
 def _plant_crafted(w, marker: Path) -> Path:
     if w.store == "hf_hub":  # timm falls back to pytorch_model.bin when the repo has no safetensors
-        return crafted_pickle(_hf_file(w, "pytorch_model.bin"), marker)
+        return crafted_pickle(_hf_file(w, "pytorch_model.bin"), marker, state_dict={}, params={})
     path = w.folder() / w.file
     if path.suffix == ".npz":  # an object array: np.load would unpickle it with allow_pickle=True
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **{k: np.array([_Payload(marker)], dtype=object) for k in w.keys})
+        np.savez(path, **{k: np.array([RunsCode(marker)], dtype=object) for k in w.keys})
         return path
-    return crafted_pickle(path, marker)
+    return crafted_pickle(path, marker, state_dict={}, params={})
 
 
 def _one_line_error(capsys, *texts: str) -> str:
@@ -325,7 +307,9 @@ def test_spandrel_teachers_are_read_by_ctsr_tensors_only(tmp_path):
     from ctsr.models.teachers import AnchoredTeacher
 
     marker = tmp_path / "MARKER"
-    for evil in (crafted_pickle(tmp_path / "evil.pth", marker), crafted_torchscript(tmp_path / "evil.pt", marker)):
+    evils = (crafted_pickle(tmp_path / "evil.pth", marker, state_dict={}, params={}),
+             crafted_torchscript(tmp_path / "evil.pt", marker))
+    for evil in evils:
         with pytest.raises(ConfigError, match="refuses to run code") as err:
             AnchoredTeacher(str(evil))
         assert str(evil) in str(err.value)
