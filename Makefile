@@ -39,7 +39,7 @@ test-slow: $(STAMP) ## run the slow CPU tests too (the kill-and-resume loops of 
 samples: $(STAMP) ## write the bundled sample photos to data/samples
 	$(BIN)/python data/make_samples.py
 
-quickstart: $(STAMP) mini-data ## the mini world: fine-tune both stages from the shipped model, evaluate on held-out photos, upscale one (CPU, ≈ 4 min)
+quickstart: $(STAMP) mini-data ## the mini world: fine-tune both stages from the shipped model, evaluate on held-out photos, upscale one (≈ 2 min on a 2-core CPU)
 	rm -rf $(RUNS)/quickstart-stage1 $(RUNS)/quickstart-stage2 $(RUNS)/quickstart-eval
 	$(OFFLINE) $(CTSR) fit --config experiments/quickstart.yaml
 	$(OFFLINE) $(CTSR) fit --config experiments/quickstart_stage2.yaml
@@ -92,7 +92,7 @@ gpu-wheels: ## fetch the wheels the GPU machine lacks into .whl/ (Python 3.12, x
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl $(GPU_WHEELS)
 
-gpu-checks: ## every GPU check of issues 3 and 7 in one run (degradation speed, ctsr bench); results in results/gpu/
+gpu-checks: ## every GPU check in one run (degradation speed, ctsr bench against the bare diffusers graph); results in results/gpu/
 	PY=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_checks.sh
 
 tensorboard: $(STAMP) ## serve the runs folder on 127.0.0.1 (PORT=6006 by default), local only
