@@ -3,7 +3,7 @@
 #   1. batched Real-ESRGAN degradation on the GPU vs the per-sample loop, 16 × 512² (target ≥ 500 images/s)
 #   2. `ctsr bench --size sd21`: upscale path vs the bare diffusers graph, eager and compiled, the tiled 2048² row
 #      with shared vs per-tile norms and its peak memory, the Table 8 row (targets: ratio ≤ 1.15, ≥ 60 images/s)
-#   3. the t-sweep cost at SD 2.1 size: 6 values of t vs one t (one velocity: 2 UNet passes either way), issue 12
+#   3. the t-sweep cost at SD 2.1 size: 6 values of t vs one t (one velocity: 2 UNet passes either way)
 # Wheels the machine lacks travel in .whl/ (`make gpu-wheels` fetches them here); each step's output is written to
 # $OUT (the device tool's folder) or results/gpu/, so a step cut off by its timeout keeps the earlier ones.
 #

@@ -1,4 +1,4 @@
-"""Mechanism lab: a toy world where CTSR's claims are measured on the CPU in a few minutes (issue 8).
+"""Mechanism lab: a toy world where CTSR's claims are measured on the CPU in a few minutes.
 
     python -m ctsr.toy.lab --out results/toy        # report.md, summary.json, results.json and PNG figures
 
@@ -9,7 +9,7 @@
   (the model ``AnchoredTeacher`` wraps as T_f), ``ToyControllableSR`` (the project's ``ControllableSR``).
 - :mod:`ctsr.toy.train` — ``pretrain``, ``stage1`` (the project's ``DualTeacherLoss``), ``stage2`` /
   ``toy_stage2_terms`` (the project's ``ctsr.losses.stage2.stage2_terms``, called as ``ControllabilityDistillation``
-  calls it), ``stage1_conditional`` and ``train_delta_knob`` (beyond the chord, issue 12), ``EvalSet``.
+  calls it), ``stage1_conditional`` and ``train_delta_knob`` (beyond the chord), ``EvalSet``.
 - :mod:`ctsr.toy.lab` — ``run_lab(out, LabConfig())``: every experiment, the figures (:mod:`ctsr.toy.figures`)
   and the report (:mod:`ctsr.toy.report`).
 

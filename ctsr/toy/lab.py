@@ -8,7 +8,7 @@ What it runs, per dimension d (fixed seeds, one CPU thread, fresh full batches):
      student (3 seeds and the training trajectory) on the fidelity (MSE) – realness (energy distance, log p) plane;
   3. Table 6: λ_rn, λ_fl, γ_time one at a time around (1, 2, 5.5), γ_time = 0, and four ablations
      (T_r = exact ε, λ_fl = 0, λ_rn = 0, L_rec only);
-  4. stage 2 (issue 12) from the pre-trained student (the full range): the project's ``stage2_terms`` with the
+  4. stage 2 from the pre-trained student (the full range): the project's ``stage2_terms`` with the
      ``endpoint`` objective (fidelity path at τ_c; denoise path for each τ_max of a sweep) and ``eq8`` (fidelity,
      denoise, noise; the uniform t-sampler too), each evaluated over t = 0, 0.1, …, 1 by ``ControllableSR`` as it
      was trained (eq8 with both τ rules, K = 1 and K = 8); at d = 2 the fidelity path also from the stage-1
@@ -121,7 +121,7 @@ def verdict(gaps: list[float], floor: float) -> str:
 
 
 def stage2_trainings(cfg: LabConfig) -> list[dict]:
-    """The stage-2 trainings of one world and the inference rules each is evaluated with (issue 12): the endpoint
+    """The stage-2 trainings of one world and the inference rules each is evaluated with: the endpoint
     objective on the fidelity path (τ_c), eq8 on it with both τ rules (K = 1 and K), eq8 with the uniform
     t-sampler, the endpoint objective on the denoise path for each τ_max of the sweep, eq8 on denoise and noise."""
     k = cfg.big_k
@@ -192,7 +192,7 @@ def velocity_error(model, world: MixtureWorld, ev: EvalSet) -> list[dict]:
 
 
 def summarize(rows: list[dict], tol_mse: float) -> dict:
-    """The summary.json entry of one curve (issue 12, item 6)."""
+    """The summary.json entry of one curve."""
     return {"df_ratio": rows[-1]["d_f"] / max(rows[0]["d_f"], 1e-12),
             "mse_rising_steps": monotone(rows, "mse", tol_mse, decreasing=True),
             "max_path_error": max(r["path_error"] for r in rows),
@@ -373,7 +373,7 @@ def run_dim(d: int, cfg: LabConfig, log=print) -> dict:
     log(f"[d={d}] stage 1: {1 + len(grid) - 3 + len(ablations) + cfg.stage1_seeds - 1} runs in "
         f"{timing['stage1']:.0f}s; default seeds ΔED {[round(r['d_ed'], 4) for r in seeds]}")
 
-    # stage 2 (issue 12): every objective / rule from the pre-trained student (the full range); at d = 2 the
+    # stage 2: every objective / rule from the pre-trained student (the full range); at d = 2 the
     # fidelity path from the stage-1 student too; a budget check of the default
     t0 = time.perf_counter()
     tol_mse = 0.01 * res["ends"]["x_f"]["mse"]          # the report's tolerance: 1 % of MSE(E[z|y])
@@ -418,7 +418,7 @@ def run_dim(d: int, cfg: LabConfig, log=print) -> dict:
 
 # -- entry point -------------------------------------------------------------------------------------------------------
 def build_summary(results: list[dict], cfg: LabConfig) -> dict:
-    """summary.json (issue 12, item 6): per world ``d<dim>`` and variant ``df_ratio`` (d_f(1)/d_f(0)),
+    """summary.json: per world ``d<dim>`` and variant ``df_ratio`` (d_f(1)/d_f(0)),
     ``mse_rising_steps`` (steps of 0.1 whose MSE rises by more than 1 % of MSE(E[z|y])), ``max_path_error``
     (max over t of ‖z(t) − path(t)‖²/d); ``default`` the suite's default variant, ``target`` whether it meets the
     issue's target; the paths themselves and the beyond-the-chord verdicts beside."""

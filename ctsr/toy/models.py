@@ -14,7 +14,7 @@ z = 2x − 1 and back, so ``reconstruction_terms`` (L2 taken on 2x − 1) is exa
   (the exact mixture ε), :class:`PosteriorMeanSR` (the "SR model" E[z|y] that ``AnchoredTeacher`` wraps as T_f).
 - :class:`ToyControllableSR` — the project's ``ControllableSR`` (its inference rules for every objective, path and
   τ rule) with T_S a frozen copy instead of a UNet with its adapter toggled off.
-- "Beyond the chord" (issue 12): :func:`conditional_generator` (a generator that also takes a control t, for
+- "Beyond the chord": :func:`conditional_generator` (a generator that also takes a control t, for
   loss-conditional training) and :func:`add_scaled_delta` / :func:`set_delta_scale` (the LoRA-scale knob: the
   stage-1 weights plus t times a low-rank delta).
 """
@@ -226,7 +226,7 @@ class ToyControllableSR(ControllableSR):
         return self.teacher.latent(x_lr, noise)
 
 
-# -- beyond the chord (issue 12) ---------------------------------------------------------------------------------
+# -- beyond the chord --------------------------------------------------------------------------------------------
 def conditional_generator(init: ToyGenerator, control_dim: int = 5) -> ToyGenerator:
     """A copy of ``init`` whose network also takes a control t (``set_control``): the first layer gains
     ``control_dim`` inputs with zero weights, so at initialisation it is ``init`` for every t."""

@@ -4,7 +4,7 @@ Stage 1 calls the project's ``DualTeacherLoss`` exactly as ``DualTeacherDistilla
 AdamW and gradient-norm clipping 1.0 (DESIGN §5). Stage 2 calls the project's
 :func:`ctsr.losses.stage2.stage2_terms` — the very function ``ControllabilityDistillation.stage2_terms`` calls,
 with the same arguments (:func:`toy_stage2_terms` only supplies z_f and the schedule, as the LightningModule does;
-a test checks both give the same loss). "Beyond the chord" (issue 12): :func:`stage1_conditional` (one generator
+a test checks both give the same loss). "Beyond the chord": :func:`stage1_conditional` (one generator
 for a family of stage-1 weightings, t per group of samples) and :func:`train_delta_knob` (the LoRA-scale knob).
 Every batch is fresh from the world (full batches of a few hundred points), and every random draw comes from a
 seeded ``torch.Generator``.
@@ -259,7 +259,7 @@ def stage2(
     return model.eval(), loss
 
 
-# -- beyond the chord (issue 12) -------------------------------------------------------------------------------------
+# -- beyond the chord ------------------------------------------------------------------------------------------------
 def family_weights(t: float, lambda_fl: float = 2.0, lambda_rn: float = 2.0, gamma_time: float = 5.5) -> Stage1Weights:
     """The loss-conditional family: L_rec + λ_fl(t)·L_fl + λ_rn(t)·L_rn with λ_fl(t) = λ_fl·t (the fidelity end at
     t = 1) and λ_rn(t) = λ_rn·(1 − t) (the realness end at t = 0); no LPIPS in the toy."""
