@@ -139,7 +139,8 @@ def _run(args: list[str], argv: list[str] | None) -> int:
 
         quiet_libraries()
         if command is not None:
-            help_cache.render(command, argv)
+            help_cache.render(command, argv)  # ends with argparse's SystemExit(0)
+            return 0
         from ctsr.cli import lightning
 
         return lightning.run(argv)
