@@ -275,3 +275,19 @@ def test_a_short_mini_run_learns_to_reach_its_vaes_ceiling_on_held_out_crops(tmp
     scores = {k: float(psnr(quantize_8bit(v.clamp(0, 1)), hr).mean()) for k, v in outputs.items()}
     assert scores["trained"] >= scores["untrained"] + LEARN_GAIN_DB, scores
     assert scores["trained"] >= scores["vae_ceiling"] - LEARN_TO_CEILING_DB, scores
+
+
+def test_the_fixed_test_lr_is_seeded_and_quiet_on_read_only_photos():
+    """`make mini-data` degrades photos as PIL hands them over (read-only arrays): no library warning, the same LR
+    for the same seed, another for another seed."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    hr.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = corpus.degrade_test(hr, 7)
+    assert a.shape == (16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, corpus.degrade_test(hr, 7))
+    assert not np.array_equal(a, corpus.degrade_test(hr, 8))

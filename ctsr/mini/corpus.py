@@ -190,7 +190,7 @@ def degrade_test(hr: np.ndarray, seed: int) -> np.ndarray:
 
     from ctsr.data.degradations import RealESRGANDegradation
 
-    x = torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(hr)).permute(2, 0, 1)[None].float() / 255
     degrade = RealESRGANDegradation()
     with torch.no_grad():
         lr = degrade(x, torch.Generator().manual_seed(seed))[0]
