@@ -15,6 +15,9 @@ message, never a whole logger or warning category, so anything else those librar
 * transformers: the "Loading weights" progress bar of ``from_pretrained`` (SD's text encoder, a few seconds),
   switched off only while :func:`ctsr.models.loading.load_part` loads a part (:func:`no_loading_bars`).
 
+ctsr's own warnings print as one line, ``ctsr: warning: …`` (:func:`format_warning`); the libraries' keep Python's
+format.
+
 torchvision's ``pretrained``/``weights`` deprecation warnings, raised by the ``lpips`` package's own backbones, are
 silenced where ctsr builds them (:mod:`ctsr.nets.lpips`, :func:`lpips_backbone_warnings`).
 """
@@ -25,6 +28,7 @@ import logging
 import re
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 _KERNELS_OFFLINE = "Skipping publisher trust check for 'kernels-community/"
 _LIGHTNING_TIP = "💡 Tip: "
@@ -45,12 +49,30 @@ class _DropMessage(logging.Filter):
             return True
 
 
+_PACKAGE = str(Path(__file__).resolve().parent)
+_library_format = warnings.formatwarning
+
+
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """ctsr's own warnings as one line, ``ctsr: warning: <message>`` (they are written to be read by a user, like
+    its errors: the source line and path say nothing more); the libraries' warnings keep Python's format, whose path
+    tells where they come from."""
+    try:
+        ours = str(Path(filename).resolve()).startswith(_PACKAGE)
+    except (OSError, TypeError, ValueError):
+        ours = False
+    if ours:
+        return f"ctsr: warning: {' '.join(str(message).split())}\n"
+    return _library_format(message, category, filename, lineno, line)
+
+
 def quiet_libraries() -> None:
-    """Install the filters above (once; cheap: imports nothing heavy)."""
+    """Install the filters above and :func:`format_warning` (once; cheap: imports nothing heavy)."""
     global _DONE
     if _DONE:
         return
     _DONE = True
+    warnings.formatwarning = format_warning
     logging.getLogger("kernels._internals.hf_hub").addFilter(_DropMessage(_KERNELS_OFFLINE))
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropMessage(_LIGHTNING_TIP))

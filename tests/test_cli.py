@@ -269,6 +269,27 @@ def test_ctsr_upscale_prints_no_library_noise(tiny_model_file, tmp_path):
         assert line not in proc.stderr, line
 
 
+def test_ctsrs_own_warnings_are_one_line_and_the_librarys_keep_their_source():
+    """A command's warnings from ctsr (a skipped metric column, a skipped step) read like its errors: one line; a
+    library's warning keeps Python's format (its path says whose it is)."""
+    probe = (
+        "import warnings, sys\n"
+        "from ctsr.quiet import quiet_libraries\n"
+        "quiet_libraries()\n"
+        "from ctsr.callbacks import t_sweep\n"
+        "warnings.warn_explicit('the LPIPS column is skipped:\\n  weights not cached', UserWarning,\n"
+        "                       t_sweep.__file__, 291)\n"
+        "import json\n"
+        "warnings.warn_explicit('a library speaks', UserWarning, json.__file__, 7)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "ctsr: warning: the LPIPS column is skipped: weights not cached"
+    assert "t_sweep.py" not in proc.stderr
+    assert lines[1].endswith("UserWarning: a library speaks") and "json" in lines[1]
+
+
 def test_only_the_bare_lightning_help_is_served_from_the_cache():
     from ctsr.cli import LIGHTNING_COMMANDS, help_cache
 
