@@ -49,7 +49,7 @@ class _DropMessage(logging.Filter):
             return True
 
 
-_PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE = Path(__file__).resolve().parent
 _library_format = warnings.formatwarning
 
 
@@ -58,7 +58,7 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
     its errors: the source line and path say nothing more); the libraries' warnings keep Python's format, whose path
     tells where they come from."""
     try:
-        ours = str(Path(filename).resolve()).startswith(_PACKAGE)
+        ours = Path(filename).resolve().is_relative_to(_PACKAGE)  # not a sibling named ctsr-something
     except (OSError, TypeError, ValueError):
         ours = False
     if ours:

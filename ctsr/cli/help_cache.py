@@ -85,6 +85,7 @@ def _store(command: str, text: str) -> None:
     try:
         target = cache_file(command)
         target.parent.mkdir(parents=True, exist_ok=True)
+        # temp file + rename by hand: ctsr.checkpoints' atomic writers import torch, which this module must not
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(target)

@@ -79,6 +79,8 @@ def portable_source(model: Path, root: Path | None = None) -> None:
     from safetensors import safe_open
     from safetensors.torch import save
 
+    from ctsr.checkpoints import atomic_write_files
+
     with safe_open(str(model), "pt") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -89,9 +91,7 @@ def portable_source(model: Path, root: Path | None = None) -> None:
     if where.is_absolute():
         source["path"] = Path(os.path.relpath(where, (root or Path.cwd()).resolve())).as_posix()
     meta["source"] = json.dumps(source)
-    tmp = model.with_name(f".{model.name}.tmp")
-    tmp.write_bytes(save(tensors, metadata=meta))
-    tmp.replace(model)
+    atomic_write_files([(model, save(tensors, metadata=meta))], "model file")  # as `ctsr export` writes it
 
 
 def write_sums() -> None:
